@@ -1,0 +1,150 @@
+"""One LightningModule for every trainable separator, and rebuilding a separator from a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from mss.apply import separate
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+def song_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-7) -> Tensor:
+    """MDX song-level SDR (uSDR) per source.
+
+    Args:
+        estimate, reference: [B, S, C, T].
+    Returns:
+        [B, S] in dB, over all channels and samples of each source.
+    """
+    signal = reference.square().sum(dim=(-2, -1))
+    error = (reference - estimate).square().sum(dim=(-2, -1))
+    return 10 * torch.log10((signal + eps) / (error + eps))
+
+
+class SeparationModule(L.LightningModule):
+    """Trains any separator that keeps the contract `net(mix[B, C, T]) -> stems[B, S, C, T]`.
+
+    Training batches are random chunks `(mix, stems)` (augmented by the data module); validation
+    batches are full tracks, separated with the same chunked overlap-add as evaluation so that
+    validation sees what users will get.
+
+    Args:
+        net: the separator.
+        loss: a module `loss(estimate, reference) -> scalar` with `per_source(...) -> [S]`.
+        optimizer: factory `optimizer(params) -> Optimizer` (Hydra `_partial_`).
+        scheduler: optional factory `scheduler(optimizer) -> LRScheduler`.
+        scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
+        valid_segment: seconds per chunk when separating validation tracks (None: whole track).
+        valid_overlap: overlap between validation chunks, in [0, 1).
+        net_config: the resolved Hydra config that built `net`; saved in the checkpoint so that
+            the checkpoint alone rebuilds the separator (`load_separator`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_monitor: str = "val/loss",
+        valid_segment: float | None = 10.0,
+        valid_overlap: float = 0.25,
+        net_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not getattr(net, "trainable", True) or not any(p.requires_grad for p in net.parameters()):
+            raise ValueError(
+                f"{type(net).__name__} has no trainable parameters: it is a fixed baseline. "
+                "Evaluate it directly with `python eval.py model=<name>`."
+            )
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.sources = list(net.sources)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        return self.net(mix)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        mix, stems = batch
+        estimate = self.net(mix)
+        loss = self.loss(estimate, stems)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        mix, stems = batch
+        estimate = separate(
+            self.net,
+            mix,
+            segment=self.hparams.valid_segment,
+            overlap=self.hparams.valid_overlap,
+            sample_rate=self.net.sample_rate,
+            device=mix.device,
+        ).to(mix.device)
+        batch_size = mix.shape[0]
+        self.log("val/loss", self.loss(estimate, stems), prog_bar=True, sync_dist=True,
+                 batch_size=batch_size)
+        sdr = song_sdr(estimate, stems).mean(0)
+        for name, value in zip(self.sources, sdr, strict=True):
+            self.log(f"val/usdr_{name}", value, sync_dist=True, batch_size=batch_size)
+        self.log("val/usdr", sdr.mean(), prog_bar=True, sync_dist=True, batch_size=batch_size)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.hparams.scheduler_monitor,
+                "interval": "epoch",
+                "frequency": 1,
+            },
+        }
+
+    def on_train_epoch_start(self) -> None:
+        # Chunks are drawn from a per-(seed, epoch, index) generator; tell the dataset the epoch
+        # so a resumed run draws what the uninterrupted run would have.
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
+
+def load_separator(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the separator saved in a training checkpoint, in eval mode.
+
+    The checkpoint carries the Hydra config of the network (`net_config`), so no other file or
+    config is needed.
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to users
+        raise ValueError(f"{ckpt_path}: not a readable PyTorch checkpoint ({error})") from error
+    net_config = checkpoint.get("hyper_parameters", {}).get("net_config")
+    if net_config is None:
+        raise ValueError(
+            f"{ckpt_path}: no `net_config` in its hyper_parameters; it was not written by "
+            "mss train.py, so the network cannot be rebuilt from it"
+        )
+    net = instantiate(net_config)
+    prefix = "net."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    net.load_state_dict(state)
+    return net.eval()

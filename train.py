@@ -1,0 +1,72 @@
+"""Train a separator: `python train.py [model=simple_demucs] [data=musdb18hq data.root=...]`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mss.utils.instantiate import instantiate_group
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+    """`last` means this run directory's `checkpoints/last.ckpt` (re-run with the same
+    `hydra.run.dir` to continue an interrupted run); anything else must be an existing file."""
+    if ckpt_path is None:
+        return None
+    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit (and optionally test) the configured separator; returns the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+
+    net = instantiate(cfg.model)
+    if not getattr(net, "trainable", True):
+        raise SystemExit(
+            f"model {type(net).__name__} is a fixed DSP baseline with nothing to train; "
+            "evaluate it with `python eval.py model=<its config name>` (no checkpoint needed)"
+        )
+    datamodule = instantiate(cfg.data)
+    module = instantiate(
+        cfg.module,
+        net=net,
+        loss=instantiate(cfg.loss),
+        net_config=OmegaConf.to_container(cfg.model, resolve=True),
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False,
+    )
+
+    metrics: dict = {}
+    if cfg.train:
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        metrics["best_ckpt"] = best
+        if trainer.is_global_zero:
+            log.info("best checkpoint: %s", best or "(none)")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # hparams_search configs name the value a sweep minimises
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+
+
+if __name__ == "__main__":
+    main()
