@@ -124,8 +124,8 @@ def _overlap_add(
     ramp = min(int(round(overlap * seg)), seg - 1)
     hop = seg - ramp
     # Pad by the ramp length at both ends: the first and last real samples then fall in the
-    # flat part of a window, and a convolutional model sees zeros past the track borders as
-    # it does when the track is separated in one piece.
+    # flat part of a window instead of on a ramp that only one segment covers, and the input
+    # past the track borders is zeros as when the track is separated in one piece.
     n_chunks = max(1, math.ceil((length + 2 * ramp - seg) / hop) + 1)
     padded_length = (n_chunks - 1) * hop + seg
     padded = torch.nn.functional.pad(mix, (ramp, padded_length - length - ramp))
