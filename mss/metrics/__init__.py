@@ -1,0 +1,29 @@
+"""Evaluation metrics: BSSEval v4 (museval protocol), uSDR, aggregation and reports.
+
+Per track, a backend (`get_backend("museval" | "fast")`) turns `references[S, T, C]` and
+`estimates[S, T, C]` into `scores[source][metric] -> [frames]`; `summarize` aggregates many
+tracks the SiSEC18 way; `write_track_json` stores one museval JSON per track; `save_summary`
+writes the tables and plots.
+"""
+
+from mss.metrics.aggregate import Summary, frame_medians, summarize
+from mss.metrics.backends import BACKENDS, get_backend
+from mss.metrics.museval_backend import METRICS, TrackScores
+from mss.metrics.museval_json import read_track_json, write_track_json
+from mss.metrics.report import print_summary, save_summary
+from mss.metrics.usdr import usdr
+
+__all__ = [
+    "BACKENDS",
+    "METRICS",
+    "Summary",
+    "TrackScores",
+    "frame_medians",
+    "get_backend",
+    "print_summary",
+    "read_track_json",
+    "save_summary",
+    "summarize",
+    "usdr",
+    "write_track_json",
+]
