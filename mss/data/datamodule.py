@@ -1,0 +1,226 @@
+"""LightningDataModule over a MUSDB18-HQ-layout root, and its embedded toy variant."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from mss.data.augment import compose
+from mss.data.datasets import ChunkDataset, ChunkSampler, TrackDataset
+from mss.data.index import (
+    Track,
+    check_mono_policy,
+    index_tracks,
+    musdb_validation_tracks,
+    split_tracks,
+)
+from mss.data.toy import ensure_toy_dataset
+
+DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
+
+
+class MusdbDataModule(L.LightningDataModule):
+    """Train on random chunks of ``root/train``, validate and test on full tracks.
+
+    Batches as the LightningModule sees them (after :meth:`on_after_batch_transfer`):
+
+    - train: ``(mix [B, C, T], stems [B, S, C, T])``; the loader yields stems only, the
+      augmentations run on the device and the mix is rebuilt as ``stems.sum(1)`` after them;
+    - val / test: ``(mix [1, C, T], stems [1, S, C, T])``, whole tracks, the mix read from
+      ``mixture.wav``.
+
+    Args:
+        root: dataset root with ``train/`` and ``test/``, one folder per track.
+        sources: stem names, in the order of the model's outputs; one ``<source>.wav`` each.
+        sample_rate: every file must have it (nothing is resampled).
+        mono: ``"error"`` refuses mono files, ``"upmix"`` duplicates them to stereo.
+        validation_tracks: train-track names held out for validation; ``None`` is MUSDB18's
+            standard 14 (from the ``musdb`` package), ``[]`` disables validation.
+        segment: training chunk length, seconds.
+        samples_per_epoch: training chunks per epoch (over all ranks together).
+        remix_probability: probability that a chunk takes each source from its own track.
+        silence_threshold: redraw chunks whose mixture RMS is below it (dBFS); ``None``: never.
+        batch_size: training batch size (per rank).
+        num_workers: data-loader worker processes.
+        augment: modules applied to training stems ``[B, S, C, T]``, in order.
+        seed: seed of the chunk draws (item ``i`` of epoch ``e`` depends on ``(seed, e, i)``).
+        pin_memory: ``None`` pins when CUDA is available.
+        persistent_workers: keep training workers alive between epochs.
+        max_silence_retries: bound on redraws of near-silent chunks.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        sources: Sequence[str] = DEFAULT_SOURCES,
+        sample_rate: int = 44100,
+        mono: str = "error",
+        validation_tracks: Sequence[str] | None = None,
+        segment: float = 6.0,
+        samples_per_epoch: int = 6400,
+        remix_probability: float = 0.5,
+        silence_threshold: float | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        augment: Sequence[nn.Module] | None = None,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        max_silence_retries: int = 10,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["augment"])
+        self.root = os.fspath(root)
+        self.sources = [str(s) for s in sources]  # a ListConfig from Hydra becomes a list
+        self.sample_rate = int(sample_rate)
+        self.mono = check_mono_policy(mono)
+        self.validation_tracks = (
+            None if validation_tracks is None else [str(n) for n in validation_tracks]
+        )
+        self.segment = float(segment)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.remix_probability = float(remix_probability)
+        self.silence_threshold = None if silence_threshold is None else float(silence_threshold)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = compose(augment)
+        self.seed = int(seed)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.max_silence_retries = int(max_silence_retries)
+        self._train_tracks: list[Track] | None = None
+        self._valid_tracks: list[Track] | None = None
+        self._test_tracks: list[Track] | None = None
+
+    def _index(self, subset: str) -> list[Track]:
+        return index_tracks(self.root, subset, self.sources, self.sample_rate, self.mono)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index (and validate) the subsets the stage needs; raises ``DatasetError`` early."""
+        if stage in (None, "fit", "validate") and self._train_tracks is None:
+            names = self.validation_tracks
+            if names is None:
+                names = musdb_validation_tracks()
+            self._train_tracks, self._valid_tracks = split_tracks(self._index("train"), names)
+        if stage in (None, "test", "predict") and self._test_tracks is None:
+            self._test_tracks = self._index("test")
+
+    def train_tracks(self) -> list[Track]:
+        """Training tracks (the train subset minus the validation tracks)."""
+        self.setup("fit")
+        return list(self._train_tracks)
+
+    def valid_tracks(self) -> list[Track]:
+        """Validation tracks (held out of the train subset)."""
+        self.setup("fit")
+        return list(self._valid_tracks)
+
+    def test_tracks(self) -> list[Track]:
+        """Tracks of the test subset."""
+        self.setup("test")
+        return list(self._test_tracks)
+
+    def train_dataset(self) -> ChunkDataset:
+        return ChunkDataset(
+            self.train_tracks(),
+            self.sources,
+            segment=self.segment,
+            samples_per_epoch=self.samples_per_epoch,
+            remix_probability=self.remix_probability,
+            silence_threshold=self.silence_threshold,
+            seed=self.seed,
+            mono=self.mono,
+            max_silence_retries=self.max_silence_retries,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            # the sampler carries the epoch to the workers and splits chunks between ranks
+            sampler=ChunkSampler(dataset, num_replicas=world, rank=rank),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def _track_loader(self, tracks: list[Track]) -> DataLoader:
+        # batch size 1: tracks differ in length; no persistent workers: full tracks are large
+        return DataLoader(
+            TrackDataset(tracks, self.sources, self.mono),
+            batch_size=1,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        tracks = self.valid_tracks()
+        return self._track_loader(tracks) if tracks else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._track_loader(self.test_tracks())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training stems ``[B, S, C, T]`` -> ``(stems.sum(1), augmented stems)``.
+
+        Augmenting here, on the device and after collation, keeps the workers light and
+        lets the mix be rebuilt from the augmented stems in one place.
+        """
+        if isinstance(batch, Tensor):
+            if self.trainer is not None and self.trainer.training:
+                batch = self.augment(batch)
+            return batch.sum(1), batch
+        return batch
+
+
+class ToyDataModule(MusdbDataModule):
+    """:class:`MusdbDataModule` on the embedded toy set, generated into ``root`` on first use.
+
+    Args:
+        n_train, n_test: number of toy tracks in ``train/`` and ``test/``.
+        seconds: length of each toy track.
+        toy_seed: seed of the generator (different from ``seed``, which draws chunks).
+        **kwargs: as :class:`MusdbDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        n_train: int = 8,
+        n_test: int = 3,
+        seconds: float = 16.0,
+        toy_seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(root, **kwargs)
+        self.n_train = int(n_train)
+        self.n_test = int(n_test)
+        self.seconds = float(seconds)
+        self.toy_seed = int(toy_seed)
+
+    def prepare_data(self) -> None:
+        """Generate the toy set unless it is already there (Lightning runs this on rank 0)."""
+        ensure_toy_dataset(
+            self.root,
+            n_train=self.n_train,
+            n_test=self.n_test,
+            seconds=self.seconds,
+            sample_rate=self.sample_rate,
+            seed=self.toy_seed,
+            sources=self.sources,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        # Also for callers that skip prepare_data (e.g. building the data module by hand):
+        # ensure_toy_dataset only reads the manifest when the set is there, and is safe to race.
+        self.prepare_data()
+        super().setup(stage)
