@@ -1,0 +1,353 @@
+"""Evaluate a separator on full tracks with the SiSEC18 protocol; the runner behind eval.py.
+
+For each track: read the mixture and stems, separate the whole track with chunked overlap-add
+(`mss.apply.separate`), score it with BSSEval v4 (museval, or the fast backend that matches it)
+and the song-level uSDR, and write `<out_dir>/tracks/<track>.json` (museval's format)
+atomically. A track whose JSON exists is skipped, so an interrupted evaluation picks up where it
+stopped; the summary is always rebuilt from the JSON files, so a resumed run reports exactly
+what one uninterrupted run would. Estimates are scored as the separator returns them, never
+normalised: BSSEval's ISR/SAR and uSDR depend on the level.
+
+Layout of `out_dir`::
+
+    tracks/<track>.json                 museval JSON per track (+ "mss": uSDR and provenance)
+    estimates/<track>/<source>.wav      with save_estimates (float32 WAV, not clipped)
+    summary.md summary.csv summary.json per_track.csv boxplot_<metric>.png
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from mss.apply import separate
+from mss.data.audio import read_mixture, read_stems, write_wav_atomic
+from mss.data.index import Track
+from mss.metrics.aggregate import Summary, frame_medians, summarize
+from mss.metrics.backends import get_backend
+from mss.metrics.museval_json import read_track_json, write_track_json
+from mss.metrics.report import print_summary, save_summary
+from mss.metrics.usdr import usdr
+
+__all__ = [
+    "build_separator",
+    "check_separator",
+    "evaluate",
+    "evaluate_from_config",
+    "resolve_device",
+    "select_tracks",
+]
+
+log = logging.getLogger(__name__)
+
+# Keys of a track JSON's "mss" entry that must match for a resumed run to reuse the file.
+_RESUME_KEYS = ("sources", "backend", "win", "hop", "sample_rate", "num_frames", "separator")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`"auto"` or None: CUDA when available, else the CPU; anything else as torch reads it."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_separator(
+    separator: nn.Module, sources: Sequence[str], sample_rate: int, channels: int | None = None
+) -> None:
+    """Raise `ValueError` unless the separator produces exactly the data's sources, in the same
+    order, at the data's sample rate (and channel count, when it declares one)."""
+    name = type(separator).__name__
+    model_sources = getattr(separator, "sources", None)
+    if model_sources is None or list(model_sources) != list(sources):
+        raise ValueError(
+            f"{name} separates into {model_sources} but the data has sources {list(sources)}; "
+            "they must be the same names in the same order (set data.sources to the model's "
+            "sources or use a model trained on this data's sources)"
+        )
+    model_rate = getattr(separator, "sample_rate", None)
+    if model_rate is None or int(model_rate) != int(sample_rate):
+        raise ValueError(
+            f"{name} works at {model_rate} Hz but the data is at {sample_rate} Hz; "
+            "nothing is resampled, so they must match"
+        )
+    model_channels = getattr(separator, "audio_channels", None)
+    if channels is not None and model_channels is not None and model_channels != channels:
+        raise ValueError(f"{name} expects {model_channels} channel(s), the data has {channels}")
+
+
+def _meta_mismatch(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{key}: {found.get(key)!r} there, {expected[key]!r} now"
+        for key in _RESUME_KEYS
+        if key in expected and found.get(key) != expected[key]
+    ]
+
+
+def _estimates_done(folder: Path, sources: Sequence[str]) -> bool:
+    return all((folder / f"{source}.wav").is_file() for source in sources)
+
+
+def _evaluate_track(
+    separator: nn.Module,
+    track: Track,
+    sources: list[str],
+    json_path: Path,
+    estimates_dir: Path | None,
+    segment: float | None,
+    overlap: float,
+    scorer,
+    win: float,
+    hop: float,
+    batch_size: int,
+    device: torch.device,
+    meta: dict[str, Any],
+) -> None:
+    mixture = read_mixture(track)  # [C, T]
+    start = time.perf_counter()
+    estimates = separate(
+        separator,
+        torch.from_numpy(mixture),
+        segment,
+        overlap,
+        track.sample_rate,
+        batch_size,
+        device,
+    ).numpy()  # [S, C, T]
+    separation_seconds = time.perf_counter() - start
+    if estimates_dir is not None:
+        # Written before the JSON: the JSON is what marks a track as done.
+        for source, estimate in zip(sources, estimates, strict=True):
+            write_wav_atomic(estimates_dir / f"{source}.wav", estimate, track.sample_rate)
+
+    references = read_stems(track, sources).transpose(0, 2, 1)  # [S, T, C], museval's layout
+    estimates = estimates.transpose(0, 2, 1)
+    start = time.perf_counter()
+    scores = scorer(
+        references,
+        estimates,
+        sources,
+        int(win * track.sample_rate),
+        int(hop * track.sample_rate),
+        track_name=track.name,
+    )
+    scoring_seconds = time.perf_counter() - start
+    song_sdr = usdr(references, estimates)
+    extra = {
+        **meta,
+        "usdr": {source: float(v) for source, v in zip(sources, song_sdr, strict=True)},
+        "separation_seconds": round(separation_seconds, 3),
+        "scoring_seconds": round(scoring_seconds, 3),
+    }
+    write_track_json(json_path, track.name, scores, win=win, hop=hop, extra=extra)
+    medians = frame_medians(scores)
+    log.info(
+        "%s: SDR %s (separated in %.1f s, scored in %.1f s)",
+        track.name,
+        " ".join(f"{s}={medians[s]['SDR']:.2f}" for s in sources),
+        separation_seconds,
+        scoring_seconds,
+    )
+
+
+def evaluate(
+    separator: nn.Module,
+    tracks: Sequence[Track],
+    sources: Sequence[str],
+    out_dir: str | Path,
+    segment: float | None = 10.0,
+    overlap: float = 0.25,
+    backend: str = "museval",
+    save_estimates: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int = 1,
+    win: float = 1.0,
+    hop: float = 1.0,
+    tag: Mapping[str, Any] | None = None,
+) -> Summary:
+    """Separate and score every track; write per-track JSON and the summary files.
+
+    Args:
+        separator: `separator(mix[B, C, T]) -> stems[B, S, C, T]`; put in eval mode here.
+        tracks: the tracks to evaluate (full length).
+        sources: the data's sources; must equal `separator.sources` (same order).
+        out_dir: evaluation folder (see the module docstring for its layout).
+        segment, overlap: chunked inference (seconds; fraction in [0, 1)). None: whole tracks.
+        backend: "museval" (reference) or "fast".
+        save_estimates: also write the estimates as float32 WAV.
+        overwrite: re-evaluate tracks whose JSON already exists (default: skip them).
+        device: where the separator (and the fast backend) run; None or "auto" picks CUDA
+            when available.
+        batch_size: segments per forward call.
+        win, hop: BSSEval frame length and hop in seconds (SiSEC18: 1 and 1).
+        tag: provenance stored in every JSON under "mss"; its "separator" entry must match on
+            resume, so that scores of two different separators are never mixed.
+
+    Returns:
+        The `Summary` over `tracks` (SiSEC18 medians, mean over tracks, uSDR, per track).
+    """
+    sources = [str(s) for s in sources]
+    tracks = list(tracks)
+    if not tracks:
+        raise ValueError("no tracks to evaluate")
+    names = [t.name for t in tracks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"track names must be unique, got {names}")
+    check_separator(separator, sources, tracks[0].sample_rate, tracks[0].channels)
+    for track in tracks:
+        if track.sample_rate != tracks[0].sample_rate or track.channels != tracks[0].channels:
+            raise ValueError(
+                f"track {track.name!r} is {track.sample_rate} Hz / {track.channels} ch, unlike "
+                f"{tracks[0].name!r} ({tracks[0].sample_rate} Hz / {tracks[0].channels} ch)"
+            )
+    device = resolve_device(device)
+    scorer = get_backend(backend, device=str(device))
+    separator = separator.eval().to(device)
+    out_dir = Path(out_dir)
+    (out_dir / "tracks").mkdir(parents=True, exist_ok=True)
+
+    track_scores, track_usdr = {}, {}
+    skipped = 0
+    with Progress(
+        TextColumn("[bold]eval[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("", total=len(tracks))
+        for track in tracks:
+            progress.update(task, description=track.name)
+            json_path = out_dir / "tracks" / f"{track.name}.json"
+            estimates_dir = out_dir / "estimates" / track.name if save_estimates else None
+            meta = {
+                "sources": sources,
+                "backend": backend,
+                "win": float(win),
+                "hop": float(hop),
+                "sample_rate": track.sample_rate,
+                "num_frames": track.num_frames,
+                "segment": segment,
+                "overlap": overlap,
+                **(dict(tag) if tag else {}),
+            }
+            done = json_path.is_file() and not overwrite
+            if done and estimates_dir is not None and not _estimates_done(estimates_dir, sources):
+                done = False  # scored earlier without estimates: run again to write them
+            if done:
+                _, found = read_track_json(json_path)
+                mismatch = _meta_mismatch(found, meta)
+                if mismatch:
+                    raise ValueError(
+                        f"{json_path} was written by a different evaluation ({'; '.join(mismatch)})"
+                        "; pass overwrite=true to replace it, or use another output_dir"
+                    )
+                skipped += 1
+            else:
+                _evaluate_track(
+                    separator, track, sources, json_path, estimates_dir, segment, overlap,
+                    scorer, win, hop, batch_size, device, meta,
+                )  # fmt: skip
+            scores, found = read_track_json(json_path)
+            track_scores[track.name] = scores
+            track_usdr[track.name] = found["usdr"]
+            progress.advance(task)
+    if skipped:
+        log.info("reused %d track(s) already scored in %s", skipped, out_dir / "tracks")
+
+    summary = summarize(track_scores, track_usdr, sources)
+    save_summary(summary, out_dir)
+    return summary
+
+
+def select_tracks(tracks: Sequence[Track], names: Sequence[str] | None) -> list[Track]:
+    """The tracks called `names` (in that order), or all of them when `names` is None/empty."""
+    if not names:
+        return list(tracks)
+    by_name = {t.name: t for t in tracks}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"unknown track(s) {missing}; available: {sorted(by_name)}")
+    return [by_name[str(n)] for n in names]
+
+
+def build_separator(cfg) -> tuple[nn.Module, str]:
+    """The separator an eval config asks for, and a string saying where it came from.
+
+    `ckpt=PATH` rebuilds it from a training checkpoint; `model=<name>` instantiates a separator
+    that needs no training (DSP baselines, `trainable = False`) or carries its own weights
+    (`pretrained = True`). A trainable model without a checkpoint is refused: its scores would
+    be those of random weights.
+    """
+    from hydra.utils import instantiate
+
+    ckpt, model_cfg = cfg.get("ckpt"), cfg.get("model")
+    if ckpt and model_cfg is not None:
+        raise ValueError(
+            "give either ckpt=PATH or model=<name>, not both: a checkpoint rebuilds its own model"
+        )
+    if ckpt:
+        from mss.module import load_separator
+
+        return load_separator(ckpt), f"ckpt:{Path(ckpt).resolve()}"
+    if model_cfg is None:
+        raise ValueError(
+            "nothing to evaluate: pass ckpt=PATH (a checkpoint written by train.py), or "
+            "model=<name> for a separator that needs no training (a DSP baseline or a "
+            "pretrained model)"
+        )
+    separator = instantiate(model_cfg)
+    if not (
+        getattr(separator, "trainable", True) is False or getattr(separator, "pretrained", False)
+    ):
+        raise ValueError(
+            f"model {type(separator).__name__} is trainable and has no pretrained weights, so "
+            "it would be evaluated with random weights; train it first and pass ckpt=PATH"
+        )
+    return separator, f"model:{model_cfg.get('_target_', type(separator).__name__)}"
+
+
+def evaluate_from_config(cfg) -> Summary:
+    """Run the evaluation that an eval config (conf/eval.yaml) describes; print and return it."""
+    from hydra.utils import instantiate
+
+    if cfg.split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {cfg.split!r}")
+    datamodule = instantiate(cfg.data)
+    if hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()  # generates the toy set on first use
+    tracks = datamodule.test_tracks() if cfg.split == "test" else datamodule.valid_tracks()
+    tracks = select_tracks(tracks, cfg.get("tracks"))
+    if not tracks:
+        raise ValueError(f"the {cfg.split} split of the data has no tracks")
+
+    separator, origin = build_separator(cfg)
+    # Checked here too, before any work, so a wrong model/data pair fails at once.
+    check_separator(separator, datamodule.sources, datamodule.sample_rate)
+    metrics = cfg.metrics
+    summary = evaluate(
+        separator,
+        tracks,
+        datamodule.sources,
+        cfg.output_dir,
+        segment=cfg.segment,
+        overlap=cfg.overlap,
+        backend=metrics.backend,
+        save_estimates=cfg.save_estimates,
+        overwrite=cfg.overwrite,
+        device=cfg.device,
+        batch_size=cfg.get("batch_size", 1),
+        win=metrics.get("win", 1.0),
+        hop=metrics.get("hop", 1.0),
+        tag={"separator": origin, "split": cfg.split},
+    )
+    print_summary(summary, title=f"{origin} on {cfg.split} ({metrics.backend})")
+    log.info("results in %s", Path(cfg.output_dir).resolve())
+    return summary
