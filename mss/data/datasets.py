@@ -59,7 +59,8 @@ class ChunkDataset(Dataset):
             )
         if segment <= 0 or samples_per_epoch <= 0:
             raise ValueError(
-                f"segment and samples_per_epoch must be positive, got {segment}, {samples_per_epoch}"
+                "segment and samples_per_epoch must be positive, "
+                f"got {segment} and {samples_per_epoch}"
             )
         if not 0.0 <= remix_probability <= 1.0:
             raise ValueError(f"remix_probability must be in [0, 1], got {remix_probability}")
@@ -98,11 +99,15 @@ class ChunkDataset(Dataset):
             audio = np.pad(audio, ((0, 0), (0, 0), (0, self.frames - audio.shape[-1])))
         return audio
 
-    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[Track, int]]]:
         if rng.random() < self.remix_probability:
-            stems = [self._read(*self._position(rng), [s])[0] for s in self.sources]
-            return np.stack(stems)
-        return self._read(*self._position(rng), self.sources)
+            where = [self._position(rng) for _ in self.sources]
+            stems = np.stack(
+                [self._read(t, o, [s])[0] for (t, o), s in zip(where, self.sources, strict=True)]
+            )
+            return stems, where
+        track, offset = self._position(rng)
+        return self._read(track, offset, self.sources), [(track, offset)] * len(self.sources)
 
     def _silent(self, stems: np.ndarray) -> bool:
         if self.silence_threshold is None:
@@ -111,15 +116,20 @@ class ChunkDataset(Dataset):
         rms = math.sqrt(float(np.mean(mix**2)))
         return 20 * math.log10(rms + 1e-12) < self.silence_threshold
 
-    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+    def sample(self, key: int | tuple[int, int]) -> tuple[np.ndarray, list[tuple[Track, int]]]:
+        """The chunk of ``key`` and where each source was read: ``(stems [S, C, T], [(track,
+        start frame)] * S)``. The same key always gives the same chunk."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-        stems = self._draw(rng)
+        stems, where = self._draw(rng)
         for _ in range(self.max_silence_retries):
             if not self._silent(stems):
                 break
-            stems = self._draw(rng)
-        return torch.from_numpy(stems)
+            stems, where = self._draw(rng)
+        return stems, where
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        return torch.from_numpy(self.sample(key)[0])
 
 
 class ChunkSampler(DistributedSampler):
