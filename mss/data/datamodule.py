@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -22,6 +23,16 @@ from mss.data.index import (
 from mss.data.toy import ensure_toy_dataset
 
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy's global generator in each worker from torch's per-worker seed.
+
+    The datasets draw from their own ``(seed, epoch, index)`` generators and need none of
+    this; it keeps any other code using ``np.random`` in a worker from repeating across
+    workers (torch seeds only itself and ``random`` per worker).
+    """
+    np.random.seed(torch.initial_seed() % 2**32)
 
 
 class MusdbDataModule(L.LightningDataModule):
@@ -148,6 +159,7 @@ class MusdbDataModule(L.LightningDataModule):
             # the sampler carries the epoch to the workers and splits chunks between ranks
             sampler=ChunkSampler(dataset, num_replicas=world, rank=rank),
             num_workers=self.num_workers,
+            worker_init_fn=seed_worker,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
@@ -159,6 +171,7 @@ class MusdbDataModule(L.LightningDataModule):
             batch_size=1,
             shuffle=False,
             num_workers=self.num_workers,
+            worker_init_fn=seed_worker,
             pin_memory=self.pin_memory,
         )
 
