@@ -10,6 +10,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mss.evaluate import evaluate
+from mss.metrics.aggregate import Summary
+from mss.metrics.report import print_summary
+from mss.module import load_separator
 from mss.utils.instantiate import instantiate_group
 
 log = logging.getLogger(__name__)
@@ -20,7 +24,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     `hydra.run.dir` to continue an interrupted run); anything else must be an existing file."""
     if ckpt_path is None:
         return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    path = last if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
     return str(path)
@@ -36,12 +41,15 @@ def train(cfg: DictConfig) -> dict:
             f"model {type(net).__name__} is a fixed DSP baseline with nothing to train; "
             "evaluate it with `python eval.py model=<its config name>` (no checkpoint needed)"
         )
-    datamodule = instantiate(cfg.data)
+    # plain lists, not ListConfig: Lightning saves the data hparams in checkpoints that resume
+    # loads with weights_only=True
+    datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(
         cfg.module,
         net=net,
         loss=instantiate(cfg.loss),
-        net_config=OmegaConf.to_container(cfg.model, resolve=True),
+        # YAML text, not a dict: Hydra would instantiate a dict with a `_target_`
+        net_config=OmegaConf.to_yaml(cfg.model, resolve=True),
     )
     trainer = instantiate(
         cfg.trainer,
@@ -58,7 +66,31 @@ def train(cfg: DictConfig) -> dict:
         metrics["best_ckpt"] = best
         if trainer.is_global_zero:
             log.info("best checkpoint: %s", best or "(none)")
+    if cfg.test and trainer.is_global_zero:
+        best = metrics.get("best_ckpt") or cfg.ckpt_path
+        metrics["test"] = test_checkpoint(cfg, best, datamodule)
     return metrics
+
+
+def test_checkpoint(cfg: DictConfig, ckpt_path: str | None, datamodule) -> Summary:
+    """Score a checkpoint on the test split with the leaderboard protocol (as eval.py does)."""
+    if not ckpt_path:
+        raise ValueError("test=true needs a checkpoint: train with checkpointing or pass ckpt_path")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    summary = evaluate(
+        load_separator(ckpt_path),
+        datamodule.test_tracks(),
+        datamodule.sources,
+        out_dir=cfg.eval.output_dir,
+        segment=cfg.eval.segment,
+        overlap=cfg.eval.overlap,
+        backend=cfg.eval.backend,
+        device=cfg.eval.device,
+        tag={"separator": f"ckpt:{Path(ckpt_path).resolve()}", "split": "test"},
+    )
+    print_summary(summary, title=f"{Path(ckpt_path).name} on test ({cfg.eval.backend})")
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

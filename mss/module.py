@@ -1,4 +1,4 @@
-"""One LightningModule for every trainable separator, and rebuilding a separator from a checkpoint."""
+"""One LightningModule for every trainable separator; rebuilding a separator from a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mss.apply import separate
@@ -45,8 +46,8 @@ class SeparationModule(L.LightningModule):
         scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
         valid_segment: seconds per chunk when separating validation tracks (None: whole track).
         valid_overlap: overlap between validation chunks, in [0, 1).
-        net_config: the resolved Hydra config that built `net`; saved in the checkpoint so that
-            the checkpoint alone rebuilds the separator (`load_separator`).
+        net_config: the resolved Hydra config that built `net`, as YAML text; saved in the
+            checkpoint so that the checkpoint alone rebuilds the separator (`load_separator`).
     """
 
     def __init__(
@@ -58,10 +59,11 @@ class SeparationModule(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         valid_segment: float | None = 10.0,
         valid_overlap: float = 0.25,
-        net_config: dict | None = None,
+        net_config: str | None = None,
     ) -> None:
         super().__init__()
-        if not getattr(net, "trainable", True) or not any(p.requires_grad for p in net.parameters()):
+        trainable = any(p.requires_grad for p in net.parameters())
+        if not getattr(net, "trainable", True) or not trainable:
             raise ValueError(
                 f"{type(net).__name__} has no trainable parameters: it is a fixed baseline. "
                 "Evaluate it directly with `python eval.py model=<name>`."
@@ -94,8 +96,13 @@ class SeparationModule(L.LightningModule):
             device=mix.device,
         ).to(mix.device)
         batch_size = mix.shape[0]
-        self.log("val/loss", self.loss(estimate, stems), prog_bar=True, sync_dist=True,
-                 batch_size=batch_size)
+        self.log(
+            "val/loss",
+            self.loss(estimate, stems),
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=batch_size,
+        )
         sdr = song_sdr(estimate, stems).mean(0)
         for name, value in zip(self.sources, sdr, strict=True):
             self.log(f"val/usdr_{name}", value, sync_dist=True, batch_size=batch_size)
@@ -143,8 +150,12 @@ def load_separator(ckpt_path: str | Path, map_location: str | torch.device = "cp
             f"{ckpt_path}: no `net_config` in its hyper_parameters; it was not written by "
             "mss train.py, so the network cannot be rebuilt from it"
         )
-    net = instantiate(net_config)
+    net = instantiate(OmegaConf.create(net_config))
     prefix = "net."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
     net.load_state_dict(state)
     return net.eval()

@@ -1,0 +1,191 @@
+"""The whole training path: train(cfg) on generated data, resume, DDP on CPU, multirun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from mss.module import load_separator
+from train import train
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def tiny_overrides(root: Path, validation: list[str], output_dir: Path) -> list[str]:
+    """A tiny simple Demucs on the tiny generated set, so a run takes seconds on 2 cores."""
+    return [
+        "data=musdb18hq",
+        f"data.root={root}",
+        f"data.validation_tracks=[{','.join(validation)}]",
+        "data.segment=0.5",
+        "data.samples_per_epoch=4",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "model.channels=4",
+        "module.valid_segment=1.0",
+        "logger=csv",
+        "trainer.accelerator=cpu",
+        f"paths.output_dir={output_dir}",
+        f"paths.data_dir={output_dir}/data",
+    ]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def test_fast_dev_run(tiny_musdb_root, tiny_validation_tracks, tmp_path):
+    cfg = compose_train(
+        tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path) + ["debug=fdr"]
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss_step"]))
+    for name in ["drums", "bass", "other", "vocals"]:
+        assert f"val/usdr_{name}" in metrics
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+
+
+def test_resume_restores_epoch_optimizer_and_best_score(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path
+):
+    base = tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path) + [
+        "+trainer.limit_train_batches=2",
+        "callbacks.early_stopping.patience=100",
+    ]
+    first = train(compose_train(base + ["trainer.max_epochs=1"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0 and state["global_step"] == 2
+    best_before = first["best_ckpt"]
+
+    train(compose_train(base + ["trainer.max_epochs=2", "ckpt_path=last"]))
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1
+    assert state["global_step"] == 4  # counted on from the first run, not restarted
+    adam_steps = {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4}  # Adam moments carried over
+    checkpoint_state = next(v for k, v in state["callbacks"].items() if "ModelCheckpoint" in k)
+    val_losses = []
+    for ckpt in (tmp_path / "checkpoints").glob("epoch_*.ckpt"):
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved_cb = next(v for k, v in saved["callbacks"].items() if "ModelCheckpoint" in k)
+        val_losses.append(float(saved_cb["current_score"]))
+    assert float(checkpoint_state["best_model_score"]) == pytest.approx(min(val_losses))
+    assert best_before  # the first run's best checkpoint was known to the resumed one
+
+
+def test_checkpoint_alone_rebuilds_the_separator(tiny_musdb_root, tiny_validation_tracks, tmp_path):
+    cfg = compose_train(
+        tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        + ["trainer.max_epochs=1", "+trainer.limit_train_batches=1"]
+    )
+    metrics = train(cfg)
+    separator = load_separator(metrics["best_ckpt"])
+    state = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=False)
+    for name, tensor in separator.state_dict().items():
+        torch.testing.assert_close(tensor, state["state_dict"][f"net.{name}"])
+    assert separator.sources == ["drums", "bass", "other", "vocals"]
+    mix = torch.randn(1, 2, 4410)
+    assert separator(mix).shape == (1, 4, 2, 4410)
+
+
+def test_load_separator_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_separator(tmp_path / "missing.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.ckpt"):
+        load_separator(junk)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, foreign)
+    with pytest.raises(ValueError, match="net_config"):
+        load_separator(foreign)
+
+
+def test_ckpt_path_last_without_checkpoint_is_a_clear_error(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path
+):
+    cfg = compose_train(
+        tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path) + ["ckpt_path=last"]
+    )
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(cfg)
+
+
+def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="1")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def script_overrides(root: Path, validation: list[str], data_dir: Path) -> list[str]:
+    """`tiny_overrides` for the command line, where paths.output_dir comes from hydra."""
+    return [
+        o
+        for o in tiny_overrides(root, validation, data_dir)
+        if not o.startswith("paths.output_dir")
+    ]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tiny_musdb_root, tiny_validation_tracks, tmp_path):
+    run_dir = tmp_path / "run"
+    run_script(
+        script_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        + [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    state = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    # 4 chunks per epoch split over 2 ranks, batch 2: one optimizer step per rank
+    assert state["global_step"] == 1
+    metrics = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "val/loss" in metrics and "train/loss_epoch" in metrics
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_the_learning_rate(tiny_musdb_root, tiny_validation_tracks, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_script(
+        ["-m"]
+        + script_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        + [
+            "module.optimizer.lr=1e-3,1e-4",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=1",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    learning_rates = []
+    for job in ("0", "1"):
+        state = torch.load(
+            sweep_dir / job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        )
+        learning_rates.append(state["optimizer_states"][0]["param_groups"][0]["lr"])
+    assert learning_rates == pytest.approx([1e-3, 1e-4])
