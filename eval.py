@@ -14,7 +14,12 @@ from mss.evaluate import evaluate_from_config
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
-    summary = evaluate_from_config(cfg)
+    try:
+        summary = evaluate_from_config(cfg)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (no checkpoint, model and data that disagree, a broken dataset): one clear
+        # line instead of a traceback.
+        raise SystemExit(f"eval.py: error: {error}") from error
     # the value a sweep (-m) would optimise: SiSEC18 SDR averaged over sources
     return float(summary.sisec18.loc["average", "SDR"])
 

@@ -320,6 +320,8 @@ def evaluate_from_config(cfg) -> Summary:
 
     if cfg.split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {cfg.split!r}")
+    # The separator first: a missing ckpt= fails before any data is indexed or generated.
+    separator, origin = build_separator(cfg)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()  # generates the toy set on first use
@@ -328,7 +330,6 @@ def evaluate_from_config(cfg) -> Summary:
     if not tracks:
         raise ValueError(f"the {cfg.split} split of the data has no tracks")
 
-    separator, origin = build_separator(cfg)
     # Checked here too, before any work, so a wrong model/data pair fails at once.
     check_separator(separator, datamodule.sources, datamodule.sample_rate)
     metrics = cfg.metrics
