@@ -155,9 +155,11 @@ def save_summary(
         "per_track": out_dir / "per_track.csv",
     }
     atomic_write_text(paths["markdown"], markdown(summary, title))
-    atomic_write_text(paths["csv"], _long_form(summary).to_csv(index=False))
+    # 6 decimals: museval's frame scores carry 5; more would only show float noise of the medians
+    csv = {"index": False, "float_format": "%.6f"}
+    atomic_write_text(paths["csv"], _long_form(summary).to_csv(**csv))
     atomic_write_text(paths["json"], json.dumps(_nan_to_none(summary.to_dict()), indent=2) + "\n")
-    atomic_write_text(paths["per_track"], summary.per_track.to_csv(index=False))
+    atomic_write_text(paths["per_track"], summary.per_track.to_csv(**csv))
     for path in save_boxplots(summary, out_dir):
         paths[path.stem] = path
     return paths
