@@ -169,3 +169,19 @@ def test_transition_window_cross_fades_to_one():
     assert transition_window(7, 0).eq(1).all()
     triangle = transition_window(9, 8)  # ramps longer than half the segment
     assert triangle.max() <= 1 and triangle.argmax() == 4
+
+
+@pytest.mark.parametrize("length", [1, 255, 1001])
+def test_simple_demucs_any_length_through_chunks(length):
+    """The real model through chunked inference: shapes kept for odd lengths, finite output.
+
+    No closeness check: its BiLSTM sees the whole segment and it normalises by each segment's
+    statistics, so chunking changes its output by design (untrained: ~7 dB apart).
+    """
+    simple_demucs = pytest.importorskip("mss.models.simple_demucs")
+    model = simple_demucs.SimpleDemucs(
+        sources=["a", "b"], sample_rate=RATE * 10, channels=4, lstm_layers=1
+    ).eval()
+    mix = torch.randn(2, length)
+    out = separate(model, mix, segment=0.03, overlap=0.25, sample_rate=RATE * 10, batch_size=4)
+    assert out.shape == (2, 2, length) and torch.isfinite(out).all()
