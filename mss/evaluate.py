@@ -238,24 +238,25 @@ def evaluate(
                 "overlap": overlap,
                 **(dict(tag) if tag else {}),
             }
-            done = json_path.is_file() and not overwrite
-            if done and estimates_dir is not None and not _estimates_done(estimates_dir, sources):
-                done = False  # scored earlier without estimates: run again to write them
-            if done:
-                _, found = read_track_json(json_path)
+            reuse = json_path.is_file() and not overwrite
+            if reuse:
+                scores, found = read_track_json(json_path)
                 mismatch = _meta_mismatch(found, meta)
                 if mismatch:
                     raise ValueError(
                         f"{json_path} was written by a different evaluation ({'; '.join(mismatch)})"
                         "; pass overwrite=true to replace it, or use another output_dir"
                     )
+                # scored earlier without estimates: run again to write them
+                reuse = estimates_dir is None or _estimates_done(estimates_dir, sources)
+            if reuse:
                 skipped += 1
             else:
                 _evaluate_track(
                     separator, track, sources, json_path, estimates_dir, segment, overlap,
                     scorer, win, hop, batch_size, device, meta,
                 )  # fmt: skip
-            scores, found = read_track_json(json_path)
+                scores, found = read_track_json(json_path)
             track_scores[track.name] = scores
             track_usdr[track.name] = found["usdr"]
             progress.advance(task)

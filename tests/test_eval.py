@@ -194,6 +194,12 @@ def test_resume_skips_finished_tracks(pair_tracks, tmp_path, cheap_scorer):
     evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, overwrite=True)
     assert ScaledMixture.calls == 5 and done.stat().st_mtime_ns != mtime
 
+    # asking for estimates that the earlier run did not write separates again, once
+    evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, save_estimates=True)
+    assert ScaledMixture.calls == 7 and (out / "estimates" / "toy-test-01" / "vocals.wav").is_file()
+    evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, save_estimates=True)
+    assert ScaledMixture.calls == 7
+
     with pytest.raises(ValueError, match="different evaluation.*separator"):
         evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25,
                  tag={"separator": "another"})  # fmt: skip
