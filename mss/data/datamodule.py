@@ -85,7 +85,8 @@ class MusdbDataModule(L.LightningDataModule):
         max_silence_retries: int = 10,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["augment"])
+        # saved in checkpoints (datamodule_hyper_parameters); the run config is logged elsewhere
+        self.save_hyperparameters(ignore=["augment"], logger=False)
         self.root = os.fspath(root)
         self.sources = [str(s) for s in sources]  # a ListConfig from Hydra becomes a list
         self.sample_rate = int(sample_rate)
