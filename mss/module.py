@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
@@ -123,12 +124,43 @@ class SeparationModule(L.LightningModule):
             },
         }
 
+    def configure_callbacks(self) -> list[Callback]:
+        return [StepPlateauAfterValidation()]
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return  # stepped by StepPlateauAfterValidation
+        super().lr_scheduler_step(scheduler, metric)
+
     def on_train_epoch_start(self) -> None:
         # Chunks are drawn from a per-(seed, epoch, index) generator; tell the dataset the epoch
         # so a resumed run draws what the uninterrupted run would have.
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
+
+
+class StepPlateauAfterValidation(Callback):
+    """Step ReduceLROnPlateau schedulers as soon as validation has produced their metric.
+
+    Lightning steps them at the end of the training epoch, after ModelCheckpoint has written
+    `last.ckpt` (checkpoint callbacks run last on validation end); a run resumed from that file
+    would then miss one scheduler step. Stepping here puts the step inside the checkpoint.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if not config.reduce_on_plateau:
+                continue
+            metric = trainer.callback_metrics.get(config.monitor)
+            if metric is None:
+                raise KeyError(
+                    f"the scheduler monitors {config.monitor!r}, which validation did not log; "
+                    f"logged: {sorted(trainer.callback_metrics)}"
+                )
+            config.scheduler.step(metric)
 
 
 def load_separator(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -81,6 +81,10 @@ def test_resume_restores_epoch_optimizer_and_best_score(
         val_losses.append(float(saved_cb["current_score"]))
     assert float(checkpoint_state["best_model_score"]) == pytest.approx(min(val_losses))
     assert best_before  # the first run's best checkpoint was known to the resumed one
+    # ReduceLROnPlateau stepped after each validation, both steps inside the checkpoint
+    scheduler = state["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == 2
+    assert scheduler["best"] == pytest.approx(min(val_losses))
 
 
 def test_checkpoint_alone_rebuilds_the_separator(tiny_musdb_root, tiny_validation_tracks, tmp_path):
