@@ -14,13 +14,14 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mss.apply import separate
+from mss.metrics.usdr import EPS as USDR_EPS
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
-def song_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-7) -> Tensor:
-    """MDX song-level SDR (uSDR) per source.
+def song_sdr(estimate: Tensor, reference: Tensor, eps: float = USDR_EPS) -> Tensor:
+    """MDX song-level SDR (uSDR) per source, in torch (`mss.metrics.usdr` is the numpy one).
 
     Args:
         estimate, reference: [B, S, C, T].
