@@ -2,42 +2,53 @@
 
 This computes what SiSEC 2018 computes with `museval.evaluate(references, estimates, win, hop)`
 (`museval.metrics.bss_eval(..., framewise_filters=False, bsseval_sources_version=False)`), in
-float64 on the CPU or a GPU, and returns the same numbers (see `tests/test_bsseval.py` and
-`benchmarks/bench_bsseval.py` for the measured agreement).
+float64 on the CPU or a GPU, and gives the same numbers (`tests/test_bsseval.py` and
+`benchmarks/bench_bsseval.py` measure the agreement).
 
-What museval does, and what is done here instead to make it fast:
+What museval does:
 
-1. Distortion filters. For every estimate channel, the least-squares filters (512 taps) that
-   rebuild it from all channels of all references (`C`, interference filters), and from the
-   channels of its own reference only (`Cj`, spatial filters), fitted once on the whole track.
-   The normal equations' matrix `G` is the Gram matrix of the delayed reference channels; it is
-   the same for every estimate. museval builds it with one full-length FFT per pair of channels
-   and solves a dense `(S*C*512)^2` system once per estimate (4 x a 4096 x 4096 LU for four
-   stereo stems). Here the correlations at the 512 lags are accumulated over short FFT blocks
-   for all pairs at once, and the system is solved once for all estimates with the block
-   Levinson recursion: `G` is exactly block Toeplitz (delay-major order, `S*C` x `S*C` blocks),
-   which brings the solve from O((S C L)^3) to O(L^2 (S C)^3). One step of iterative refinement
-   (residual from an FFT block-Toeplitz product) keeps the error at a dense solver's level.
-2. Per-frame decomposition. For each frame museval convolves the frame of every reference
-   (zero-padded by 511 samples, nothing from outside the frame) with the filters, splits the
-   estimate into `s_true + e_spat + e_interf + e_artif` and takes energy ratios. Here every
-   frame of every channel is FFT'd once, the projections are formed in the frequency domain for
-   all frames and estimates in one batched product, and the energies come from Parseval's
-   identity, so no inverse FFT is needed. Frames are processed in chunks to bound memory.
-3. SDR. In images mode `e_spat + e_interf + e_artif = estimate - reference` exactly, so the
-   per-frame SDR does not depend on the filters: it is the framewise SNR
-   `10 log10(sum s^2 / sum (s_hat - s)^2)` over the frame and all channels. It is computed that
-   way for every call, and `sdr_only=True` skips the filters altogether. museval evaluates the
-   same sum after adding and subtracting the projections, so the two differ only by rounding
-   (below 1e-9 dB on the tests here); the one case where they part is an estimate equal to its
-   reference in a frame: +inf here, a large finite number from museval's rounding residue.
+1. For every estimate channel, the least-squares distortion filters (512 taps) that rebuild it
+   from all channels of all references (`C`) and from the channels of its own reference only
+   (`Cj`), fitted once on the whole track. The normal equations' matrix `G` is the Gram matrix
+   of the delayed reference channels, the same for every estimate.
+2. For each frame, the frames of the references (zero-padded by 511 samples; nothing from
+   outside the frame) are convolved with the filters: `p_own` (own reference through `Cj`) and
+   `p_all` (all references through `C`); with `s` and `e` the padded reference and estimate
+   frames, `e_spat = p_own - s`, `e_interf = p_all - p_own`, `e_artif = e - p_all`, and
+   SDR = |s|^2 / |e - s|^2, ISR = |s|^2 / |e_spat|^2, SIR = |p_own|^2 / |e_interf|^2,
+   SAR = |p_all|^2 / |e_artif|^2 in dB, energies summed over the frame and all channels.
+
+How it is made fast here:
+
+- Everything in step 2 is an inner product between filtered frames, so it is a bilinear form
+  in the frame's lag correlations `r_f[k, p, q] = sum_t x_p[t] y_q[t + k]` (`|k| < 512`,
+  signals cut to the frame) with coefficients that are correlations of the filters. One pass
+  over the track computes `r_f` for every frame from short FFT blocks (cache-sized, for all
+  channel pairs at once); the metrics are then one small matrix product. No signal is ever
+  filtered, and nothing the size of the track is held besides the inputs.
+- When the frames tile the track (hop == win, SiSEC18), the whole-track correlations that
+  make `G` and the right-hand sides are the sum of the frames' plus the pairs that straddle a
+  frame boundary (and the samples after the last frame), so the same pass serves both.
+- `G` is exactly block Toeplitz (delay-major order, blocks of `S*C` channels): the filters for
+  all estimates come from one block Levinson recursion, O(L^2 (S C)^3) instead of museval's
+  dense 4096 x 4096 LU per estimate, checked by its residual (with refinement, then a dense
+  solve, as fallbacks).
+- SDR. In images mode `e_spat + e_interf + e_artif = e - s`, so the per-frame SDR does not
+  depend on the filters: it is the framewise SNR `10 log10(sum s^2 / sum (s_hat - s)^2)` over
+  the frame and all channels, computed that way in every call; `sdr_only=True` skips the
+  filters. museval evaluates the same sum after adding and subtracting the projections, so
+  the two differ by rounding only (below 1e-9 dB in the tests).
+
+Where this departs from museval: values above about 100 dB (an estimate equal to its
+reference up to rounding) are rounding noise in museval and here alike; this module returns
++inf where an error energy is exactly zero or cancels to below zero.
 
 Silence, as museval defines it (`museval.metrics._any_source_silent`): a source is silent in a
 span when the sum over its channels is zero at every sample of it. A frame where any reference
 or any estimate is silent is NaN for every source and metric. A source silent over the whole
 track makes museval raise (sigsep-mus-eval#94); here that source is NaN in every frame, a
 warning names the track and the source, and the other sources are scored without it: exactly
-what museval gives when run on the remaining sources (the same rule as
+what museval gives when run on the remaining sources (the rule of
 `mss.metrics.museval_backend.run_protocol`, so both backends agree).
 """
 
@@ -46,13 +57,18 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft
 import torch
 
-__all__ = ["FILTERS_LEN", "METRICS", "bss_eval_images", "evaluate_track", "framewise_sdr"]
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # only makes the filter solve slower
+    threadpool_limits = None
+
+__all__ = ["FILTERS_LEN", "METRICS", "bss_eval_images", "evaluate_track", "num_frames"]
 
 FILTERS_LEN = 512
 """Distortion filter length in taps (museval's `filters_len` default, used by SiSEC18)."""
@@ -62,18 +78,20 @@ METRICS = ("SDR", "ISR", "SIR", "SAR")
 # museval adds machine epsilon to the diagonal of G before solving; so does this module.
 _EPS = float(np.finfo(float).eps)
 
-# Relative residual above which the Levinson solution is refined (a backward-stable dense solve
-# leaves about 1e-14 on the Gram matrices of music; Levinson about 1e-13).
+# Samples per chunk of the pass over the track: about 8 MB of float64 for 8 stereo channels,
+# so that a chunk and its block spectra stay in the cache.
+_CHUNK_SAMPLES = 1 << 16
+
+# Longest FFT of the correlation blocks: blocks of `_BLOCK_NFFT - 511` samples are extended by
+# 511 samples, so the padding costs 14 % while the transforms stay small.
+_BLOCK_NFFT = 4096
+
+# Residual of the Levinson solution, relative to ||y|| + ||T|| ||x||, above which it is refined
+# (a backward-stable dense solve leaves about 1e-15 on the Gram matrices of music, Levinson
+# about 1e-14).
 _RESIDUAL_TOL = 1e-10
 
-# FFT length of the segments over which the lag correlations are accumulated when the frames
-# cannot serve (overlapping or very short frames): long enough that the zero padding by
-# FILTERS_LEN - 1 costs little, short enough to stay in cache.
-_CORR_NFFT = 16384
-
-# Frames per chunk in the per-frame stage: bounds the temporaries (about 25 MB per one-second
-# frame of four stereo stems) while keeping the batched products large.
-_FRAME_CHUNK = 8
+_FFT_WORKERS = 1
 
 
 def evaluate_track(
@@ -106,7 +124,7 @@ def evaluate_track(
 
     Raises:
         ValueError: on arrays that are not `[S, T, C]` with matching S and C, an empty
-            reference, or a number of source names other than S.
+            reference, a number of source names other than S, or a non-positive win or hop.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     refs = _as_tensor(references)
@@ -128,31 +146,36 @@ def evaluate_track(
         raise ValueError(f"{len(sources)} source names for {refs.shape[0]} sources")
     if win < 1 or hop < 1:
         raise ValueError(f"win and hop must be positive sample counts, got {win} and {hop}")
+    refs, ests = refs.to(device), ests.to(device)
+    length = refs.shape[1]
+    if ests.shape[1] >= length:
+        ests = ests[:, :length]
+    else:
+        ests = torch.nn.functional.pad(ests, (0, 0, 0, length - ests.shape[1]))
 
-    # museval's layout [S, T, C] -> [S, C, T] so that frames are contiguous in memory.
-    refs = refs.to(device=device, dtype=torch.float64).transpose(1, 2).contiguous()
-    ests = _pad_or_truncate(ests.to(device=device, dtype=torch.float64).transpose(1, 2), refs)
-
-    length = refs.shape[-1]
-    n_frames = num_frames(length, win, hop)
     metrics = ("SDR",) if sdr_only else METRICS
-    out = np.full((len(metrics), len(sources), n_frames), np.nan)
-
-    silent_ref, silent_est = _silent(refs), _silent(ests)
-    dead = silent_ref | silent_est
+    out = np.full((len(metrics), len(sources), num_frames(length, win, hop)), np.nan)
+    starts, frame_len = _frame_starts(length, win, hop)
+    energies = _frame_energies(refs, ests, starts, frame_len)
+    silent_ref = _silent_sources(refs, energies[3][0])
+    silent_est = _silent_sources(ests, energies[3][1])
     where = f"track {track_name!r}" if track_name else "this track"
-    for j in torch.nonzero(dead).flatten().tolist():
-        which = "reference" if silent_ref[j] else "estimate"
-        warnings.warn(
-            f"{where}: the {which} of source {sources[j]!r} is silent over the whole track; "
-            "BSSEval cannot score it (sigsep-mus-eval#94), so its metrics are NaN and the other "
-            "sources are scored without it",
-            stacklevel=2,
-        )
-    alive = torch.nonzero(~dead).flatten()
-    if len(alive):
-        values = bss_eval_images(refs[alive], ests[alive], win, hop, sdr_only=sdr_only)
-        out[:, alive.cpu().numpy()] = values.cpu().numpy()
+    for j, name in enumerate(sources):
+        if silent_ref[j] or silent_est[j]:
+            which = "reference" if silent_ref[j] else "estimate"
+            warnings.warn(
+                f"{where}: the {which} of source {name!r} is silent over the whole track; "
+                "BSSEval cannot score it (sigsep-mus-eval#94), so its metrics are NaN and the "
+                "other sources are scored without it",
+                stacklevel=2,
+            )
+    alive = [j for j in range(len(sources)) if not (silent_ref[j] or silent_est[j])]
+    if alive:
+        if len(alive) < len(sources):
+            refs, ests = refs[alive], ests[alive]
+            energies = tuple(e[:, alive] for e in energies[:3]) + (energies[3][:, :, alive],)
+        values = _bss_eval(refs, ests, starts, frame_len, energies, sdr_only, FILTERS_LEN)
+        out[:, alive] = values.cpu().numpy()
     return {
         name: {metric: out[m, j].copy() for m, metric in enumerate(metrics)}
         for j, name in enumerate(sources)
@@ -171,8 +194,9 @@ def bss_eval_images(
     """museval's `bss_eval` (images mode, whole-track filters) on torch tensors.
 
     Args:
-        references, estimates: float64 `[S, C, T]` on one device (note: channels before time),
-            same shape; no source may be silent over the whole track (museval raises there).
+        references, estimates: `[S, T, C]` (museval's layout), same shape, any float dtype,
+            on the device to compute on; no source may be silent over the whole track (museval
+            raises there). Computed in float64, chunk by chunk, without copying the inputs.
         win, hop: frame length and hop in samples.
         sdr_only: return SDR only.
         filters_len: distortion filter length in taps.
@@ -181,59 +205,55 @@ def bss_eval_images(
         float64 `[4, S, frames]` (SDR, ISR, SIR, SAR in `METRICS` order), or `[1, S, frames]`
         when `sdr_only`; NaN in frames where any reference or estimate is silent.
     """
-    n_src, n_chan, length = references.shape
-    starts, frame_len = _frame_starts(length, win, hop)
-    silent = _frames(references.sum(1), starts, frame_len).eq(0).all(-1).any(0)
-    silent |= _frames(estimates.sum(1), starts, frame_len).eq(0).all(-1).any(0)
-    signal, error = _frame_energies(references, estimates, starts, frame_len)
-    sdr = _safe_db(signal, error)
-    if sdr_only:
-        return sdr[None].masked_fill(silent, math.nan)
-
-    m = n_src * n_chan
-    channels = torch.cat([references, estimates]).reshape(2 * m, length)
-    # With hop == win the frames tile the track: their spectra serve both the whole-track
-    # correlations (plus a last segment for the samples after the last frame) and the per-frame
-    # decomposition, so every sample goes through one FFT only.
-    shared = (len(starts) == 1 or hop == win) and frame_len >= filters_len - 1
-    if shared:
-        seg_len = frame_len
-        nfft = _next_fast_len(frame_len + filters_len - 1)
-    else:
-        nfft = _CORR_NFFT if length + filters_len - 1 > _CORR_NFFT else None
-        nfft = nfft or _next_fast_len(length + filters_len - 1)
-        seg_len = min(length, nfft - filters_len + 1)
-    spectra = _segment_spectra(channels, seg_len, nfft)  # [K, segments, 2m]
-    corr = _lag_correlations(spectra, channels, m, seg_len, nfft, filters_len)  # [L, m, 2m]
-    c_all, c_own = _distortion_filters(corr, n_src, n_chan)
-    if shared:
-        frame_spectra = spectra[:, : len(starts)]
-    else:
-        frame_spectra, nfft = None, _next_fast_len(frame_len + filters_len - 1)
-    del spectra, corr
-    isr, sir, sar = _frame_ratios(
-        channels, frame_spectra, signal, c_all, c_own, starts, frame_len, nfft, n_src, n_chan
-    )
-    return torch.stack([sdr, isr, sir, sar]).masked_fill(silent, math.nan)
+    starts, frame_len = _frame_starts(references.shape[1], win, hop)
+    energies = _frame_energies(references, estimates, starts, frame_len)
+    return _bss_eval(references, estimates, starts, frame_len, energies, sdr_only, filters_len)
 
 
-def framewise_sdr(
-    references: torch.Tensor, estimates: torch.Tensor, win: int, hop: int
+@torch.no_grad()
+def _bss_eval(
+    references: torch.Tensor,
+    estimates: torch.Tensor,
+    starts: list[int],
+    frame_len: int,
+    energies: tuple[torch.Tensor, ...],
+    sdr_only: bool,
+    filters_len: int,
 ) -> torch.Tensor:
-    """Per-frame SDR of images-mode BSSEval v4: the SNR over each frame and all channels.
+    """`bss_eval_images` given the frames and `_frame_energies`' output."""
+    n_src, length, n_chan = references.shape
+    m = n_src * n_chan
+    signal, estimate, error = (e.flatten(-2) for e in energies[:3])  # [F, m]
+    silent = energies[3].any(0).any(-1)  # [F]
+    sdr = _safe_db(_by_source(signal, n_src), _by_source(error, n_src))
+    if sdr_only:
+        return sdr.T[None].masked_fill(silent, math.nan)
 
-    `10 log10(sum s^2 / sum (s_hat - s)^2)`, +inf where the error is exactly zero (museval's
-    `_safe_db`). Silent frames are not masked here.
+    # Frames that tile the track give the whole-track correlations too (see the module doc).
+    hop = starts[1] - starts[0] if len(starts) > 1 else frame_len
+    tiled = hop == frame_len and frame_len >= filters_len - 1
+    frame_corr = _scan(references, estimates, starts, frame_len, filters_len)
+    if tiled:
+        corr = frame_corr.sum(0)
+        tail = starts[-1] + frame_len
+        boundaries = starts[1:] + ([tail] if tail < length else [])
+    else:
+        # Overlapping or very short frames: tile the track separately for the correlations.
+        seg_len = max(frame_len, _BLOCK_NFFT)
+        segs = list(range(0, length - seg_len + 1, seg_len))
+        corr = frame_corr.new_zeros(filters_len, m, 2 * m)
+        if segs:
+            corr += _scan(references, estimates, segs, seg_len, filters_len).sum(0)
+        tail = len(segs) * seg_len
+        boundaries = segs[1:] + ([tail] if segs and tail < length else [])
+    if tail < length:
+        corr += _scan(references, estimates, [tail], length - tail, filters_len)[0]
+    if boundaries:
+        corr += _boundary_correlations(references, estimates, boundaries, filters_len)
 
-    Args:
-        references, estimates: float64 `[S, C, T]`.
-        win, hop: frame length and hop in samples (museval's framing).
-
-    Returns:
-        float64 `[S, frames]` in dB.
-    """
-    starts, frame_len = _frame_starts(references.shape[-1], win, hop)
-    return _safe_db(*_frame_energies(references, estimates, starts, frame_len))
+    c_all, c_own = _distortion_filters(corr, n_src, n_chan)
+    isr, sir, sar = _frame_ratios(frame_corr, signal, estimate, c_all, c_own, n_src)
+    return torch.stack([sdr, isr, sir, sar]).transpose(1, 2).masked_fill(silent, math.nan)
 
 
 def num_frames(length: int, win: int, hop: int) -> int:
@@ -250,17 +270,17 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
-def _pad_or_truncate(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Zero-pad or cut `estimates[S, C, T']` at the end to the length of `references`."""
-    length = references.shape[-1]
-    if estimates.shape[-1] >= length:
-        return estimates[..., :length].contiguous()
-    return torch.nn.functional.pad(estimates, (0, length - estimates.shape[-1])).contiguous()
+def _silent_sources(audio: torch.Tensor, silent_frames: torch.Tensor) -> list[bool]:
+    """museval's silence test per source of `audio[S, T, C]` over the whole track.
 
-
-def _silent(audio: torch.Tensor) -> torch.Tensor:
-    """museval's silence test per source of `audio[S, C, T]` over the whole track: bool `[S]`."""
-    return audio.sum(1).eq(0).all(-1)
+    Only sources silent in every frame (`silent_frames[F, S]`) can be; those are checked on
+    all their samples, frames or not.
+    """
+    candidates = silent_frames.all(0).tolist()
+    return [
+        c and not bool(a.to(torch.float64).sum(-1).any())
+        for a, c in zip(audio, candidates, strict=True)
+    ]
 
 
 def _frame_starts(length: int, win: int, hop: int) -> tuple[list[int], int]:
@@ -270,29 +290,14 @@ def _frame_starts(length: int, win: int, hop: int) -> tuple[list[int], int]:
     return [k * hop for k in range(num_frames(length, win, hop))], win
 
 
-def _frames(audio: torch.Tensor, starts: list[int], frame_len: int) -> torch.Tensor:
-    """`audio[..., T]` -> `[..., frames, frame_len]` (a strided view, no copy)."""
-    if len(starts) == 1:
-        return audio[..., None, :frame_len]
-    hop = starts[1] - starts[0]
-    return audio[..., : starts[-1] + frame_len].unfold(-1, frame_len, hop)
-
-
 def _safe_db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """`10 log10(num / den)`, +inf where `den == 0` (museval's `_safe_db`)."""
-    return torch.where(den == 0, math.inf, 10 * torch.log10(num / den))
+    """`10 log10(num / den)`, +inf where `den <= 0` (museval's `_safe_db` has `den == 0`)."""
+    return torch.where(den <= 0, math.inf, 10 * torch.log10(num / den))
 
 
-def _frame_energies(
-    references: torch.Tensor, estimates: torch.Tensor, starts: list[int], frame_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per frame and source, `sum s^2` and `sum (s_hat - s)^2` over the frame and channels.
-
-    Returns two float64 `[S, frames]`.
-    """
-    signal = _frames(references, starts, frame_len).square().sum((1, 3))
-    error = _frames(estimates - references, starts, frame_len).square().sum((1, 3))
-    return signal, error
+def _by_source(per_channel: torch.Tensor, n_src: int) -> torch.Tensor:
+    """`[F, S*C]` -> `[F, S]`: sum over each source's channels."""
+    return per_channel.unflatten(-1, (n_src, -1)).sum(-1)
 
 
 def _next_fast_len(n: int) -> int:
@@ -315,11 +320,11 @@ def _rfft(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     """`torch.fft.rfft`, through scipy on the CPU.
 
     scipy's pocketfft does these batched real transforms about twice as fast as torch's CPU FFT
-    here (measured on 2 cores), and threads over the batch.
+    (measured on 2 cores), threads over the batch, and takes strided input without a copy.
     """
     if x.device.type != "cpu":
         return torch.fft.rfft(x, n=n, dim=dim)
-    out = scipy.fft.rfft(x.numpy(), n=n, axis=dim, workers=torch.get_num_threads())
+    out = scipy.fft.rfft(x.numpy(), n=n, axis=dim, workers=_FFT_WORKERS)
     return torch.from_numpy(out)
 
 
@@ -327,84 +332,169 @@ def _irfft(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     """`torch.fft.irfft`, through scipy on the CPU (see `_rfft`)."""
     if x.device.type != "cpu":
         return torch.fft.irfft(x, n=n, dim=dim)
-    out = scipy.fft.irfft(x.resolve_conj().numpy(), n=n, axis=dim, workers=torch.get_num_threads())
+    out = scipy.fft.irfft(x.resolve_conj().numpy(), n=n, axis=dim, workers=_FFT_WORKERS)
     return torch.from_numpy(out)
 
 
-def _segment_spectra(channels: torch.Tensor, seg_len: int, nfft: int) -> torch.Tensor:
-    """Spectra of consecutive segments tiling `channels[n, T]`, each zero-padded to `nfft`.
+def _frame_view(audio: torch.Tensor, starts: list[int], frame_len: int) -> torch.Tensor:
+    """`audio[S, T, C]` -> `[S, F, frame_len, C]`, a view (frame f starts at `starts[f]`)."""
+    hop = starts[1] - starts[0] if len(starts) > 1 else frame_len
+    audio = audio[:, starts[0] : starts[-1] + frame_len]
+    if hop == frame_len:
+        return audio.unflatten(1, (len(starts), frame_len))
+    return audio.unfold(1, frame_len, hop).transpose(-1, -2)
 
-    Segment i covers samples `[i seg_len, (i + 1) seg_len)`; the last one may be shorter.
+
+def _frame_energies(
+    references: torch.Tensor, estimates: torch.Tensor, starts: list[int], frame_len: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-frame energies and museval's silence test, on the inputs' own layout.
+
+    Args:
+        references, estimates: `[S, T, C]`.
+        starts, frame_len: the frames.
 
     Returns:
-        complex128 `[nfft // 2 + 1, segments, n]` (frequency first: the products over channels
-        below are batched over frequencies).
+        signal, estimate, error: float64 `[F, S, C]`, per channel `sum s^2`, `sum s_hat^2` and
+            `sum (s_hat - s)^2` over each frame;
+        silent: bool `[2, F, S]` (references, estimates): the sum over channels is zero at
+            every sample of the frame (museval's `_any_source_silent`).
     """
-    n, length = channels.shape
-    n_full = length // seg_len
-    n_seg = -(-length // seg_len)
-    segments = channels[:, : n_full * seg_len].unflatten(-1, (n_full, seg_len))
-    out = torch.empty(nfft // 2 + 1, n_seg, n, dtype=torch.complex128, device=channels.device)
-    for start in range(0, n_full, _FRAME_CHUNK):
-        stop = min(start + _FRAME_CHUNK, n_full)
-        out[:, start:stop] = _rfft(segments[:, start:stop], nfft, -1).permute(2, 1, 0)
-    if n_seg > n_full:
-        out[:, n_full] = _rfft(channels[:, n_full * seg_len :], nfft, -1).T
+    n_src, _, n_chan = references.shape
+    n_frames = len(starts)
+    device = references.device
+    energy = torch.empty(3, n_frames, n_src, n_chan, dtype=torch.float64, device=device)
+    silent = torch.empty(2, n_frames, n_src, dtype=torch.bool, device=device)
+    # Chunks of frames bound the float64 copies and the difference (about 8 MB each).
+    chunk = max(1, _CHUNK_SAMPLES * 16 // (frame_len * n_chan))
+    for j in range(n_src):
+        views = [_frame_view(a[j : j + 1], starts, frame_len)[0] for a in (references, estimates)]
+        for f0 in range(0, n_frames, chunk):
+            frames = slice(f0, f0 + chunk)
+            ref, est = (v[frames].to(torch.float64) for v in views)  # [c, W, C]
+            # Energies as diagonals of the channels' Gram matrices: a batched product reads
+            # the interleaved channels at memory speed; a reduction over time does not.
+            for i, x in enumerate((ref, est)):
+                gram = x.mT @ x  # [c, C, C]
+                energy[i, frames, j] = gram.diagonal(dim1=-2, dim2=-1)
+                silent[i, frames, j] = _silent_frames(x, gram)
+            diff = est - ref
+            energy[2, frames, j] = (diff.mT @ diff).diagonal(dim1=-2, dim2=-1)
+    return energy[0], energy[1], energy[2], silent
+
+
+def _silent_frames(frames: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """museval's silence test for `frames[c, W, C]` given their Gram matrices: bool `[c]`.
+
+    `1^T G 1` is the energy of the channel sum up to rounding, far below 1e-6 of the channel
+    energies when the sum is zero at every sample; only such frames are checked exactly.
+    """
+    total = gram.sum((-2, -1))
+    candidates = total <= 1e-6 * gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    out = torch.zeros_like(candidates)
+    for f in torch.nonzero(candidates).flatten().tolist():
+        out[f] = not frames[f].sum(-1).any()
     return out
 
 
-def _lag_correlations(
-    spectra: torch.Tensor,
-    channels: torch.Tensor,
-    m: int,
-    seg_len: int,
-    nfft: int,
+def _scan(
+    references: torch.Tensor,
+    estimates: torch.Tensor,
+    starts: list[int],
+    frame_len: int,
     n_lags: int,
 ) -> torch.Tensor:
-    """Whole-track lag correlations of the first `m` channels with all channels.
+    """Lag correlations of the frame-cut signals, in one pass over the frames.
 
-    `r[k, p, q] = sum_t x_p[t] x_q[t + k]` for `0 <= k < n_lags`, signals zero beyond T. The
-    part of the sum within each segment comes from the segment spectra (`nfft >= seg_len +
-    n_lags - 1`, so no lag wraps around); the pairs `(t, t + k)` that straddle a boundary
-    between segments come from the `n_lags - 1` samples on either side of it, with small FFTs.
-    Every segment but the last must be at least `n_lags - 1` long, so that no pair straddles
-    two boundaries.
+    Frames are copied chunk by chunk into a float64 buffer `[frames, time, channels]` (the
+    reference channels, source-major, then the estimate channels), zero beyond the frame.
 
     Args:
-        spectra: complex128 `[K, segments, n]` from `_segment_spectra(channels, seg_len, nfft)`.
-        channels: float64 `[n, T]`.
-        m: the correlations are between channels `[:m]` and all channels.
+        references, estimates: `[S, T, C]`.
+        starts, frame_len: the frames (they may overlap).
+        n_lags: number of lags.
 
     Returns:
-        float64 `[n_lags, m, n]`.
+        float64 `[F, n_lags, S*C, 2*S*C]`, `corr[f, k, p, q] = sum_t x_p[t] y_q[t + k]` over
+        frame f, x the reference channels, y the reference then estimate channels.
     """
-    n, length = channels.shape
-    n_freq = spectra.shape[0]
-    cross = torch.empty(n_freq, m, n, dtype=spectra.dtype, device=spectra.device)
-    # Sum over segments of conj(X_p) X_q for all pairs, batched over frequencies; in chunks of
-    # frequencies to bound the copy that puts the contracted axis where the BLAS wants it.
-    step = max(1, (1 << 22) // (spectra.shape[1] * n))
-    for start in range(0, n_freq, step):
-        part = spectra[start : start + step]
-        cross[start : start + step] = part[:, :, :m].mH.contiguous() @ part
-    corr = _irfft(cross, nfft, 0)[:n_lags]
-
-    boundaries = torch.arange(seg_len, length, seg_len, device=channels.device)
-    if len(boundaries):
-        # Pairs across boundary o: t in [o - L + 1, o), t + k in [o, o + L - 1).
-        offsets = torch.arange(n_lags - 1, device=channels.device)
-        before = channels[:m, boundaries[:, None] - (n_lags - 1) + offsets]  # [m, B, L-1]
-        index = boundaries[:, None] + offsets
-        after = channels[:, index.clamp(max=length - 1)]  # [n, B, L-1], zero beyond T:
-        after = after.masked_fill(index >= length, 0)
-        size = 2 ** math.ceil(math.log2(2 * (n_lags - 1)))
-        before_f = _rfft(before, size, -1).permute(2, 1, 0)  # [Kb, B, m]
-        after_f = _rfft(after, size, -1).permute(2, 1, 0)  # [Kb, B, n]
-        edge = _irfft(before_f.mH.contiguous() @ after_f, size, 0)  # [size, m, n]
-        # corr_edge[k] = sum_i before[i] after[i + k - (L - 1)]: circular index k - (L - 1).
-        lags = (torch.arange(n_lags, device=channels.device) - (n_lags - 1)) % size
-        corr = corr + edge[lags]
+    n_src, _, n_chan = references.shape
+    m = n_src * n_chan
+    device = references.device
+    n_frames = len(starts)
+    # Blocks of the frame: each is correlated with itself extended by n_lags - 1 samples.
+    n_blocks = -(-frame_len // (_BLOCK_NFFT - n_lags + 1))
+    block = -(-frame_len // n_blocks)
+    nfft = _next_fast_len(block + n_lags - 1)
+    buf_len = n_blocks * block + n_lags - 1
+    chunk = max(1, _CHUNK_SAMPLES // frame_len)
+    corr = torch.empty(n_frames, n_lags, m, 2 * m, dtype=torch.float64, device=device)
+    views = [_frame_view(a, starts, frame_len) for a in (references, estimates)]
+    for f0 in range(0, n_frames, chunk):
+        f1 = min(f0 + chunk, n_frames)
+        buf = torch.empty(f1 - f0, buf_len, 2, n_src, n_chan, dtype=torch.float64, device=device)
+        buf[:, frame_len:] = 0
+        for i, view in enumerate(views):
+            buf[:, :frame_len, i].copy_(view[:, f0:f1].permute(1, 2, 0, 3))
+        corr[f0:f1] = _block_correlations(buf.flatten(2), m, n_blocks, block, nfft, n_lags)
     return corr
+
+
+def _block_correlations(
+    buf: torch.Tensor, m: int, n_blocks: int, block: int, nfft: int, n_lags: int
+) -> torch.Tensor:
+    """`r[c, k, p, q] = sum_t buf[c, t, p] buf[c, t + k, q]` for `p < m`, `0 <= k < n_lags`.
+
+    Each block of `block` samples of the first m channels is correlated with the same block of
+    all channels extended by `n_lags - 1` samples, in the frequency domain (`nfft >= block +
+    n_lags - 1`, so no lag wraps around); the cross-spectra are summed over blocks in one
+    batched product per frequency before a single inverse FFT.
+
+    Args:
+        buf: float64 `[c, n_blocks * block + n_lags - 1, n]`, zero after the signal.
+
+    Returns:
+        float64 `[c, n_lags, m, n]`.
+    """
+    x = buf[:, : n_blocks * block, :m].unflatten(1, (n_blocks, block))  # [c, b, block, m]
+    y = buf.unfold(1, block + n_lags - 1, block).transpose(-1, -2)  # [c, b, block+L-1, n]
+    xf = _rfft(x, nfft, 2)  # [c, b, K, m]
+    yf = _rfft(y, nfft, 2)  # [c, b, K, n]
+    # Sum over blocks of conj(X)^T Y, batched over (frame, frequency).
+    cross = xf.permute(0, 2, 3, 1).conj().resolve_conj() @ yf.transpose(1, 2)  # [c, K, m, n]
+    return _irfft(cross, nfft, 1)[:, :n_lags]
+
+
+def _boundary_correlations(
+    references: torch.Tensor, estimates: torch.Tensor, boundaries: list[int], n_lags: int
+) -> torch.Tensor:
+    """The part of the whole-track correlations from pairs `(t, t + k)` across a boundary.
+
+    For a boundary at o, the pairs with `t < o <= t + k` (`k < n_lags`) involve only the
+    `n_lags - 1` samples on either side of it. Segments between boundaries must be at least
+    `n_lags - 1` long, so that no pair straddles two boundaries.
+
+    Returns:
+        float64 `[n_lags, S*C, 2*S*C]`, as `_scan`'s correlations.
+    """
+    n_src, length, n_chan = references.shape
+    device = references.device
+    # Windows [o - L + 1, o + L - 1) around each boundary, zero beyond the track.
+    offsets = torch.arange(-(n_lags - 1), n_lags - 1, device=device)
+    index = torch.tensor(boundaries, device=device)[:, None] + offsets
+    inside = (index < length)[:, :, None, None, None]
+    index = index.clamp(max=length - 1)
+    buf = torch.stack([references[:, index], estimates[:, index]], 2)  # [S, B, 2, 2L-2, C]
+    buf = buf.to(torch.float64).permute(1, 3, 2, 0, 4).mul(inside).flatten(2)  # [B, 2L-2, 2m]
+    size = 2 ** math.ceil(math.log2(2 * (n_lags - 1)))
+    m = n_src * n_chan
+    before = _rfft(buf[:, : n_lags - 1, :m], size, 1)  # [B, Kb, m]
+    after = _rfft(buf[:, n_lags - 1 :], size, 1)  # [B, Kb, 2m]
+    cross = before.permute(1, 2, 0).conj().resolve_conj() @ after.transpose(0, 1)  # [Kb, m, 2m]
+    edge = _irfft(cross, size, 0)
+    # sum_i before[i] after[i + k - (L - 1)]: circular index k - (L - 1).
+    lags = (torch.arange(n_lags, device=device) - (n_lags - 1)) % size
+    return edge[lags]
 
 
 def _distortion_filters(
@@ -412,42 +502,46 @@ def _distortion_filters(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares distortion filters fitted on the whole track, for every estimate channel.
 
+    The solve runs in numpy on the CPU whatever the device: it is a chain of about 20 small
+    products per filter tap, where numpy's per-call cost is a fraction of torch's and a GPU's
+    kernel launches would dominate; the data moved is the `[L, m, 2m]` correlations.
+
     Args:
-        corr: float64 `[L, m, 2m]` from `_lag_correlations`, `m = S*C` reference channels
-            `(j, cj)` then the estimate channels `(e, c)`, source-major.
+        corr: float64 `[L, m, 2m]` whole-track correlations (as `_scan`'s), `m = S*C`.
 
     Returns:
         `c_all[L, m, m]`: museval's `C` for all estimates at once, the filters (taps first) from
         every reference channel (second axis) to every estimate channel (last axis);
-        `c_own[S, L, C, C]`: museval's `Cj`, for each source the filters from its own
-        reference's channels to its estimate's channels.
+        `c_own[L, m, m]`: museval's `Cj` in the same layout, zero between different sources.
     """
     m = n_src * n_chan
+    corr_np = corr.cpu().numpy()
     # Block k of the block-Toeplitz Gram matrix of the delayed references (delay-major order):
     # gram[k][p, q] = <x_p, x_q advanced by k>; museval's G after reordering its axes.
-    gram = corr[:, :, :m].contiguous()
-    gram[0].diagonal().add_(_EPS)
+    gram = np.ascontiguousarray(corr_np[:, :, :m])
+    gram[0] += _EPS * np.eye(m)
     # rhs[a][p, e] = <reference channel p delayed by a, estimate channel e>: museval's D.
-    rhs = corr[:, :, m:].contiguous()
+    rhs = np.ascontiguousarray(corr_np[:, :, m:])
     c_all = _solve_block_toeplitz(gram, rhs)
 
     # Spatial filters: the same normal equations restricted to one source's own channels, for
     # all sources at once (a batch of Toeplitz systems with C x C blocks).
-    own = range(n_src)
-    gram = gram.unflatten(1, (n_src, n_chan)).unflatten(3, (n_src, n_chan))
-    rhs = rhs.unflatten(1, (n_src, n_chan)).unflatten(3, (n_src, n_chan))
-    gram_own = torch.stack([gram[:, j, :, j] for j in own])  # [S, L, C, C]
-    rhs_own = torch.stack([rhs[:, j, :, j] for j in own])
-    c_own = _solve_block_toeplitz(gram_own, rhs_own)
-    return c_all, c_own
+    own = [slice(j * n_chan, (j + 1) * n_chan) for j in range(n_src)]
+    solved = _solve_block_toeplitz(
+        np.stack([gram[:, s, s] for s in own]), np.stack([rhs[:, s, s] for s in own])
+    )
+    c_own = np.zeros_like(c_all)
+    for j, s in enumerate(own):
+        c_own[:, s, s] = solved[j]
+    return torch.from_numpy(c_all).to(corr.device), torch.from_numpy(c_own).to(corr.device)
 
 
-def _solve_block_toeplitz(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def _solve_block_toeplitz(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve `T x = y` for a symmetric positive definite block-Toeplitz T.
 
     Block Levinson recursion, checked by its residual: the recursion is only weakly stable, so
     when the residual is above what a backward-stable solve leaves (on the tracks measured it is
-    not) one step of iterative refinement follows, and if that is not enough either (T
+    not), one step of iterative refinement follows, and if that is not enough either (T
     singular to working precision), a dense LU solve as museval does it.
 
     Args:
@@ -459,55 +553,46 @@ def _solve_block_toeplitz(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
         `x[..., L, m, r]`.
     """
     # An upper bound of ||T||_2 for the residual test.
-    norm = blocks[..., 0, :, :].norm() + 2 * blocks[..., 1:, :, :].norm(dim=(-2, -1)).sum(-1)
+    norms = np.linalg.norm(blocks, axis=(-2, -1))
+    norm = np.max(norms[..., 0] + 2 * norms[..., 1:].sum(-1))
 
-    def accurate(x: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    def accurate(x: np.ndarray) -> tuple[bool, np.ndarray]:
         residual = rhs - _block_toeplitz_matmul(blocks, x)
-        bound = _RESIDUAL_TOL * (rhs.norm() + norm.max() * x.norm())
-        return bool(torch.isfinite(x).all() and residual.norm() <= bound), residual
+        bound = _RESIDUAL_TOL * (np.linalg.norm(rhs) + norm * np.linalg.norm(x))
+        return bool(np.isfinite(x).all() and np.linalg.norm(residual) <= bound), residual
 
-    with _single_thread(blocks.device):
+    with np.errstate(all="ignore"), _one_blas_thread():
         x = _block_levinson(blocks, rhs)
         ok, residual = accurate(x)
-        if not ok and torch.isfinite(x).all():
+        if not ok and np.isfinite(x).all():
             x = x + _block_levinson(blocks, residual)
             ok, _ = accurate(x)
     if not ok:
         dense = _dense_block_toeplitz(blocks)
-        x = torch.linalg.solve(dense, rhs.flatten(-3, -2)).unflatten(-2, rhs.shape[-3:-1])
+        shape = rhs.shape
+        x = np.linalg.solve(dense, rhs.reshape(*shape[:-3], -1, shape[-1])).reshape(shape)
     return x
 
 
-@contextlib.contextmanager
-def _single_thread(device: torch.device) -> Iterator[None]:
-    """Run torch on one CPU thread inside the block.
-
-    The Levinson recursion is a chain of about 20 small products per step; on the CPU, waking
-    a second thread for each costs more than it saves (measured 3x slower with 2 threads).
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Keep numpy's BLAS on one thread: the recursion's products are small, and waking other
+    threads for each made it 12x slower on 2 cores (measured)."""
+    if threadpool_limits is None:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
-def _dense_block_toeplitz(blocks: torch.Tensor) -> torch.Tensor:
+def _dense_block_toeplitz(blocks: np.ndarray) -> np.ndarray:
     """The block-Toeplitz matrix `[..., L m, L m]` of `_solve_block_toeplitz`."""
-    n = blocks.shape[-3]
-    i = torch.arange(n, device=blocks.device)
+    *batch, n, m, _ = blocks.shape
+    i = np.arange(n)
     lag = i[:, None] - i[None, :]
-    full = blocks[..., lag.abs(), :, :]  # [..., L, L, m, m]
-    upper = lag < 0
-    full[..., upper, :, :] = full[..., upper, :, :].transpose(-1, -2)
-    return full.transpose(-3, -2).flatten(-4, -3).flatten(-2, -1)
+    full = blocks[..., np.abs(lag), :, :]  # [..., L, L, m, m]
+    full = np.where((lag < 0)[:, :, None, None], np.swapaxes(full, -1, -2), full)
+    return np.swapaxes(full, -3, -2).reshape(*batch, n * m, n * m)
 
 
-def _block_toeplitz_matmul(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _block_toeplitz_matmul(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
     """`T x` for the block-Toeplitz T of `_solve_block_toeplitz`, by FFT convolutions.
 
     `(T x)[i] = sum_{j <= i} R[i - j] x[j] + sum_{j > i} R[j - i]^T x[j]`: a causal block
@@ -515,17 +600,18 @@ def _block_toeplitz_matmul(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     """
     n = blocks.shape[-3]
     nfft = 2 ** math.ceil(math.log2(2 * n))
-    causal = _rfft(blocks, nfft, -3) @ _rfft(x, nfft, -3)
-    causal = _irfft(causal, nfft, -3)[..., :n, :, :]
+
+    def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        spectrum = scipy.fft.rfft(a, nfft, axis=-3) @ scipy.fft.rfft(b, nfft, axis=-3)
+        return scipy.fft.irfft(spectrum, nfft, axis=-3)[..., :n, :, :]
+
     # Anti-causal part: reverse x in time, convolve with R^T at lags >= 1, reverse back.
-    blocks_t = blocks.transpose(-1, -2).clone()
+    blocks_t = np.swapaxes(blocks, -1, -2).copy()
     blocks_t[..., 0, :, :] = 0
-    anti = _rfft(blocks_t, nfft, -3) @ _rfft(x.flip(-3), nfft, -3)
-    anti = _irfft(anti, nfft, -3)[..., :n, :, :].flip(-3)
-    return causal + anti
+    return convolve(blocks, x) + convolve(blocks_t, x[..., ::-1, :, :])[..., ::-1, :, :]
 
 
-def _block_levinson(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def _block_levinson(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Block Levinson recursion for `T x = y` (T as in `_solve_block_toeplitz`).
 
     After step n, the forward and backward vectors f, b (n blocks of m x m) solve
@@ -536,107 +622,104 @@ def _block_levinson(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """
     *batch, n_blocks, m, _ = blocks.shape
     r = rhs.shape[-1]
-    eye = torch.eye(m, dtype=blocks.dtype, device=blocks.device)
+    eye = np.eye(m)
     # The part of row n of T left of the diagonal, transposed and stacked by delay blocks:
     # rows [(L-1-n) m, (L-1) m) of `down` hold [R[n] ... R[1]]^T, rows [m, (n+1) m) of `up`
     # hold [R[1]^T ... R[n]^T]^T. Contiguous row ranges, so the products need no copies.
-    down = blocks.flip(-3).transpose(-1, -2).reshape(*batch, n_blocks * m, m)
+    down = np.ascontiguousarray(np.swapaxes(blocks[..., ::-1, :, :], -1, -2))
+    down = down.reshape(*batch, n_blocks * m, m)
     up = blocks.reshape(*batch, n_blocks * m, m)
-    # state rows: delay blocks; columns: [f | b | x].
-    state = blocks.new_zeros(*batch, n_blocks * m, 2 * m + r)
-    inv0 = torch.linalg.inv(blocks[..., 0, :, :])
+    # Columns [f | b | x], rows by delay block; b is stored one block down, so that rows
+    # [0, (n+1) m) of [f | b] are [[f; 0] | [0; b]] and both extend in one product.
+    state = np.zeros((*batch, (n_blocks + 1) * m, 2 * m + r))
+    inv0 = np.linalg.inv(blocks[..., 0, :, :])
     state[..., :m, :m] = inv0
-    state[..., :m, m : 2 * m] = inv0
+    state[..., m : 2 * m, m : 2 * m] = inv0
     state[..., :m, 2 * m :] = inv0 @ rhs[..., 0, :, :]
-    zeros = blocks.new_zeros(*batch, m, 2 * m)
     for n in range(1, n_blocks):
         nm = n * m
-        errors = down[..., (n_blocks - 1 - n) * m : (n_blocks - 1) * m, :].mT @ state[..., :nm, :]
+        row = down[..., (n_blocks - 1 - n) * m : (n_blocks - 1) * m, :]
+        errors = np.swapaxes(row, -1, -2) @ state[..., :nm, :]
         ef, ex = errors[..., :m], errors[..., 2 * m :]
-        eb = up[..., m : nm + m, :].mT @ state[..., :nm, m : 2 * m]
-        a = torch.linalg.inv(eye - eb @ ef)
-        d = torch.linalg.inv(eye - ef @ eb)
+        eb = np.swapaxes(up[..., m : nm + m, :], -1, -2) @ state[..., m : nm + m, m : 2 * m]
+        inv = np.linalg.inv(np.stack([eye - eb @ ef, eye - ef @ eb], -3))
+        a, d = inv[..., 0, :, :], inv[..., 1, :, :]
         # [f_new b_new] = [f; 0] [a, -eb d] + [0; b] [-ef a, d]
-        new_fb = torch.cat([state[..., :nm, :m] @ torch.cat([a, -eb @ d], -1), zeros], -2)
-        new_fb[..., m:, :] += state[..., :nm, m : 2 * m] @ torch.cat([-ef @ a, d], -1)
-        state[..., : nm + m, : 2 * m] = new_fb
-        state[..., : nm + m, 2 * m :] += new_fb[..., m:] @ (rhs[..., n, :, :] - ex)
-    return state[..., 2 * m :].unflatten(-2, (n_blocks, m))
+        mix = np.concatenate(
+            [np.concatenate([a, -eb @ d], -1), np.concatenate([-ef @ a, d], -1)], -2
+        )
+        new = state[..., : nm + m, : 2 * m] @ mix
+        state[..., : nm + m, :m] = new[..., :m]
+        state[..., m : nm + 2 * m, m : 2 * m] = new[..., m:]
+        state[..., : nm + m, 2 * m :] += new[..., m:] @ (rhs[..., n, :, :] - ex)
+    return state[..., : n_blocks * m, 2 * m :].reshape(*batch, n_blocks, m, r)
 
 
 def _frame_ratios(
-    channels: torch.Tensor,
-    spectra: torch.Tensor | None,
+    frame_corr: torch.Tensor,
     signal: torch.Tensor,
+    estimate: torch.Tensor,
     c_all: torch.Tensor,
     c_own: torch.Tensor,
-    starts: list[int],
-    frame_len: int,
-    nfft: int,
     n_src: int,
-    n_chan: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ISR, SIR, SAR per frame from museval's decomposition of each framed estimate.
+    """ISR, SIR, SAR per frame as bilinear forms in the frame correlations.
 
-    As in museval's `_bss_decomp_mtifilt`, each frame of the references (nothing from outside
-    the frame) is zero-padded by L-1 samples and filtered: `p_own` (own reference through
-    `c_own`) and `p_all` (all references through `c_all`); with `s` the padded reference frame
-    and `e` the padded estimate frame, `e_spat = p_own - s`, `e_interf = p_all - p_own`,
-    `e_artif = e - p_all`. Energies are summed over the L-1 longer frame and all channels, here
-    in the frequency domain (Parseval; `nfft >= frame_len + L - 1`, so nothing wraps around).
+    For estimate channel e with projections `p_own = sum_p h_own[:, p, e] * x_p` and `p_all`
+    (full convolutions of the frame-cut reference channels x_p), reference channel s and
+    estimate channel y:
+
+        |p|^2 = sum_{p, q, k >= 0} w_k r[k, p, q] phi[k, p, q],  w_0 = 1, w_k = 2,
+            phi[k, p, q] = sum_a h[a, p] h[a - k, q]
+        <p_own, p_all> = sum_{p, q, k >= 0} r[k, p, q] (psi[k, p, q] + [k > 0] psi'[k, p, q]),
+            psi[k, p, q] = sum_a h_own[a, p] h_all[a - k, q],
+            psi'[k, p, q] = sum_a h_own[a, q] h_all[a + k, p]
+        <p, z> = sum_{p, a} h[a, p] r[a, p, z]  for z = s or y,
+
+    with `r` the frame's lag correlations. The error energies follow by expanding
+    `|a - b|^2 = |a|^2 - 2 <a, b> + |b|^2`; in float64 that costs no accuracy that matters
+    here (the expansions lose about as many digits as the ratio in dB / 10, e.g. 4 at 40 dB).
 
     Args:
-        channels: float64 `[2m, T]`, the reference channels then the estimate channels.
-        spectra: complex128 `[K, frames, 2m]` spectra of the frames at `nfft`, or None to
-            compute them here.
-        signal: `[S, frames]` reference energy per frame (the ISR numerator).
-        c_all, c_own: from `_distortion_filters`.
-        starts, frame_len: museval's frames.
+        frame_corr: `[F, L, m, 2m]` from `_scan`.
+        signal, estimate: `[F, m]` per-channel energies of the reference and estimate frames.
+        c_all, c_own: `[L, m, m]` from `_distortion_filters`.
 
     Returns:
-        isr, sir, sar: float64 `[S, frames]` in dB.
+        isr, sir, sar: float64 `[F, S]` in dB.
     """
-    m = n_src * n_chan
-    n_freq = nfft // 2 + 1
-    # Parseval for a real signal from its half spectrum: interior bins count twice.
-    weight = torch.full((n_freq,), 2.0 / nfft, dtype=torch.float64, device=channels.device)
-    weight[0] = 1.0 / nfft
-    weight[-1] = 1.0 / nfft if nfft % 2 == 0 else 2.0 / nfft
+    n_frames, n_lags, m, _ = frame_corr.shape
+    size = 2 ** math.ceil(math.log2(2 * n_lags))
+    h_all = _rfft(c_all, size, 0)  # [K, m(p), m(e)]
+    h_own = _rfft(c_own, size, 0)
 
-    h_all = _rfft(c_all, nfft, 0)  # [K, m(ref), m(est)]
-    # Own-source filters as a block-diagonal matrix, so both projections are one product each.
-    h_own = torch.zeros_like(h_all)
-    h_own_blocks = _rfft(c_own, nfft, 1)  # [S, K, C, C]
-    for j in range(n_src):
-        own = slice(j * n_chan, (j + 1) * n_chan)
-        h_own[:, own, own] = h_own_blocks[j]
+    def corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # sum_t a_p[t] b_q[t + k] for every estimate channel e: [L, m(p), m(q), m(e)].
+        spectrum = a.conj()[:, :, None, :] * b[:, None, :, :]
+        return _irfft(spectrum, size, 0)[:n_lags]
 
-    def energy(z: torch.Tensor) -> torch.Tensor:
-        # Weighted sum over frequencies of |z|^2, then over each source's channels:
-        # [K, F, m] complex -> [S, F].
-        parts = torch.view_as_real(z).reshape(n_freq, -1)
-        power = (weight @ (parts * parts)).reshape(z.shape[1], n_src, n_chan * 2)
-        return power.sum(-1).T
+    double = torch.full((n_lags, 1, 1, 1), 2.0, dtype=torch.float64, device=c_all.device)
+    double[0] = 1.0
+    # phi[k, p, q] = sum_a h[a, p] h[a - k, q] = sum_t h_q[t] h_p[t + k]: corr(h_q, h_p).
+    phi_own = corr(h_own, h_own).transpose(1, 2) * double
+    phi_all = corr(h_all, h_all).transpose(1, 2) * double
+    # psi[k, p, q] = sum_t h_all_q[t] h_own_p[t + k]; psi'[k, p, q] = sum_t h_own_q[t]
+    # h_all_p[t + k], which stands for the lags -k of psi (pairs counted once from k >= 0).
+    psi = corr(h_all, h_own).transpose(1, 2)
+    psi_t = corr(h_own, h_all).transpose(1, 2)
+    psi_t[0] = 0
+    coefficients = torch.stack([phi_own, phi_all, psi + psi_t], -2)  # [L, m, m, 3, m(e)]
+    ref_ref = frame_corr[..., :m].reshape(n_frames, -1)
+    own_sq, all_sq, own_all = (
+        (ref_ref @ coefficients.reshape(-1, 3 * m)).unflatten(-1, (3, m)).unbind(1)
+    )
+    own_s = torch.einsum("fkpe,kpe->fe", frame_corr[..., :m], c_own)
+    all_y = torch.einsum("fkpe,kpe->fe", frame_corr[..., m:], c_all)
 
-    frames = _frames(channels, starts, frame_len)  # [2m, F, frame_len]
-    out = []
-    for start in range(0, len(starts), _FRAME_CHUNK):
-        stop = min(start + _FRAME_CHUNK, len(starts))
-        if spectra is None:
-            z = _rfft(frames[:, start:stop], nfft, -1).permute(2, 1, 0)
-        else:
-            z = spectra[:, start:stop]
-        ref, est = z[..., :m], z[..., m:]
-        p_all = ref @ h_all  # [K, F, m(est)]
-        p_own = ref @ h_own
-        out.append(
-            torch.stack(
-                [
-                    _safe_db(signal[:, start:stop], energy(p_own - ref)),
-                    _safe_db(energy(p_own), energy(p_all - p_own)),
-                    _safe_db(energy(p_all), energy(est - p_all)),
-                ]
-            )
-        )
-    isr, sir, sar = torch.cat(out, -1)
+    def source(x: torch.Tensor) -> torch.Tensor:
+        return _by_source(x, n_src)
+
+    isr = _safe_db(source(signal), source(own_sq - 2 * own_s + signal))
+    sir = _safe_db(source(own_sq), source(all_sq - 2 * own_all + own_sq))
+    sar = _safe_db(source(all_sq), source(estimate - 2 * all_y + all_sq))
     return isr, sir, sar
