@@ -43,7 +43,8 @@ def butter_lowpass(cutoff: float, order: int, sample_rate: int) -> np.ndarray:
     nyquist = sample_rate / 2
     if not 0 < cutoff < nyquist:
         raise ValueError(
-            f"bass_cutoff must be in (0, sample_rate / 2) = (0, {nyquist:g}) Hz. Found: {cutoff}"
+            f"bass_cutoff must be above 0 and below the Nyquist frequency sample_rate / 2 = "
+            f"{nyquist:g} Hz. Found: {cutoff}"
         )
     if int(order) < 1:
         raise ValueError(f"bass_order must be at least 1. Found: {order}")
