@@ -87,7 +87,7 @@ class SeparationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         mix, stems = batch
         estimate = separate(
             self.net,
@@ -109,6 +109,8 @@ class SeparationModule(L.LightningModule):
         for name, value in zip(self.sources, sdr, strict=True):
             self.log(f"val/usdr_{name}", value, sync_dist=True, batch_size=batch_size)
         self.log("val/usdr", sdr.mean(), prog_bar=True, sync_dist=True, batch_size=batch_size)
+        # for callbacks that score the full-track estimates (mss.callbacks.ValidationSDR)
+        return {"estimate": estimate}
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=self.net.parameters())

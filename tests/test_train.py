@@ -60,6 +60,9 @@ def test_resume_restores_epoch_optimizer_and_best_score(
     base = tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path) + [
         "+trainer.limit_train_batches=2",
         "callbacks.early_stopping.patience=100",
+        # the scheduler watches val/loss; let the checkpoint watch it too, to compare the two
+        "callbacks.model_checkpoint.monitor=val/loss",
+        "callbacks.model_checkpoint.mode=min",
     ]
     first = train(compose_train(base + ["trainer.max_epochs=1"]))
     last = tmp_path / "checkpoints" / "last.ckpt"
