@@ -619,17 +619,29 @@ def _solve_block_toeplitz(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         bound = _RESIDUAL_TOL * (np.linalg.norm(rhs) + norm * np.linalg.norm(x))
         return bool(np.isfinite(x).all() and np.linalg.norm(residual) <= bound), residual
 
+    ok = False
     with np.errstate(all="ignore"), _one_blas_thread():
-        x = _block_levinson(blocks, rhs)
-        ok, residual = accurate(x)
-        if not ok and np.isfinite(x).all():
-            x = x + _block_levinson(blocks, residual)
-            ok, _ = accurate(x)
-    if not ok:
-        dense = _dense_block_toeplitz(blocks)
-        shape = rhs.shape
-        x = np.linalg.solve(dense, rhs.reshape(*shape[:-3], -1, shape[-1])).reshape(shape)
-    return x
+        try:
+            x = _block_levinson(blocks, rhs)
+            ok, residual = accurate(x)
+            if not ok and np.isfinite(x).all():
+                x = x + _block_levinson(blocks, residual)
+                ok, _ = accurate(x)
+        except np.linalg.LinAlgError:  # a singular leading block
+            pass
+    if ok:
+        return x
+    dense = _dense_block_toeplitz(blocks)
+    shape = rhs.shape
+    flat = rhs.reshape(*shape[:-3], -1, shape[-1])
+    try:
+        return np.linalg.solve(dense, flat).reshape(shape)
+    except np.linalg.LinAlgError:
+        # Exactly singular to LAPACK (two identical references, say): museval falls back to
+        # least squares; a ridge of n eps ||T|| gives the same projections without an SVD
+        # (which takes seconds to minutes at this size).
+        ridge = dense.shape[-1] * _EPS * norm * np.eye(dense.shape[-1])
+        return np.linalg.solve(dense + ridge, flat).reshape(shape)
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager:
