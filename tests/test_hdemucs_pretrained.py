@@ -128,6 +128,14 @@ def test_failed_download_ends_in_the_same_error(tmp_path, monkeypatch):
         HDemucs(BUNDLE_SOURCES, pretrained="HDEMUCS_HIGH_MUSDB", download=True)
 
 
+def test_checkpoint_rebuild_skips_the_bundle_file(tmp_path, monkeypatch):
+    """load_weights=False: bundle architecture and order, no file needed (weights come later)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = HDemucs(["vocals", "bass"], pretrained="HDEMUCS_HIGH_MUSDB", load_weights=False)
+    assert model.pretrained is False and model.bundle == "HDEMUCS_HIGH_MUSDB"
+    assert model.model.sources == BUNDLE_SOURCES and model.order.tolist() == [3, 1]
+
+
 def test_unknown_bundle():
     with pytest.raises(ValueError, match="Unknown pretrained bundle"):
         HDemucs(BUNDLE_SOURCES, pretrained="HDEMUCS_LOW")

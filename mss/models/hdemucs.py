@@ -93,11 +93,15 @@ class HDemucs(nn.Module):
             ``[drums, bass, other, vocals]``: outputs are reordered to ``sources``.
         download (bool): with ``pretrained``, try torchaudio's download when the file is not
             in the cache.
+        load_weights (bool): with ``pretrained``, read the bundle's file. ``False`` builds the
+            bundle's architecture and source order without it, for rebuilding a fine-tuned
+            model whose weights come from one of our checkpoints.
         **kwargs: any other ``torchaudio.models.HDemucs`` argument (from scratch only).
 
     Attributes:
         pretrained (bool): True when bundle weights were loaded, so evaluation can run the
             model without a checkpoint of ours.
+        bundle (str | None): the bundle name given as ``pretrained``.
     """
 
     trainable = True
@@ -112,6 +116,7 @@ class HDemucs(nn.Module):
         channels: int = 48,
         pretrained: str | None = None,
         download: bool = False,
+        load_weights: bool = True,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -120,7 +125,7 @@ class HDemucs(nn.Module):
         self.sources = list(sources)
         self.sample_rate = int(sample_rate)
         self.audio_channels = int(audio_channels)
-        self.pretrained = pretrained is not None
+        self.pretrained = pretrained is not None and load_weights
         self.bundle = pretrained
 
         if pretrained is None:
@@ -162,7 +167,8 @@ class HDemucs(nn.Module):
             if pretrained == "HDEMUCS_HIGH_MUSDB_PLUS":
                 log.warning("%s was %s.", pretrained, BUNDLES[pretrained])
             self.model = bundle._model_factory_func()
-            self.model.load_state_dict(_load_state_dict(pretrained, download))
+            if load_weights:
+                self.model.load_state_dict(_load_state_dict(pretrained, download))
 
         # torchaudio builds a GroupNorm in the "empty" time encoder layer (the one whose
         # output is injected into the frequency branch) but never calls it. Frozen, it cannot
