@@ -61,7 +61,7 @@ def wiener(
     if (
         magnitudes.ndim != 5
         or mix.ndim != 4
-        or magnitudes.shape[:1] + magnitudes.shape[2:] != (mix.shape)
+        or magnitudes.shape[:1] + magnitudes.shape[2:] != mix.shape
     ):
         raise ValueError(
             "Expected magnitudes (batch, sources, channels, bins, frames) and a mixture "
