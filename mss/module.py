@@ -185,7 +185,12 @@ def load_separator(ckpt_path: str | Path, map_location: str | torch.device = "cp
             f"{ckpt_path}: no `net_config` in its hyper_parameters; it was not written by "
             "mss train.py, so the network cannot be rebuilt from it"
         )
-    net = instantiate(OmegaConf.create(net_config))
+    net_config = OmegaConf.create(net_config)
+    if net_config.get("pretrained"):
+        # models that fetch pretrained weights when built (hdemucs_pretrained): the checkpoint
+        # carries the fine-tuned weights, so build the architecture only, without the bundle file
+        net_config.load_weights = False
+    net = instantiate(net_config)
     prefix = "net."
     state = {
         key[len(prefix) :]: value

@@ -139,3 +139,32 @@ def test_checkpoint_rebuild_skips_the_bundle_file(tmp_path, monkeypatch):
 def test_unknown_bundle():
     with pytest.raises(ValueError, match="Unknown pretrained bundle"):
         HDemucs(BUNDLE_SOURCES, pretrained="HDEMUCS_LOW")
+
+
+def test_fine_tuned_checkpoint_rebuilds_without_the_bundle_file(tmp_path, monkeypatch):
+    """A checkpoint of a fine-tuned hdemucs_pretrained carries its weights: load_separator must
+    not need torchaudio's file (here TORCH_HOME is empty)."""
+    from omegaconf import OmegaConf
+
+    from mss.module import load_separator
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    net = HDemucs(["vocals", "drums"], pretrained="HDEMUCS_HIGH_MUSDB", load_weights=False)
+    config = {
+        "_target_": "mss.models.hdemucs.HDemucs",
+        "sources": ["vocals", "drums"],
+        "pretrained": "HDEMUCS_HIGH_MUSDB",
+        "download": False,
+    }
+    ckpt = tmp_path / "fine_tuned.ckpt"
+    torch.save(
+        {
+            "hyper_parameters": {"net_config": OmegaConf.to_yaml(config)},
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        },
+        ckpt,
+    )
+    separator = load_separator(ckpt)
+    assert separator.sources == ["vocals", "drums"]
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(separator.state_dict()[name], tensor)
