@@ -274,7 +274,10 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    return torch.from_numpy(x)
+    with warnings.catch_warnings():
+        # Read-only arrays (np.broadcast_to, memory maps) are only ever read here.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(x)
 
 
 def _silent_sources(audio: torch.Tensor, silent_frames: torch.Tensor) -> list[bool]:
@@ -789,6 +792,9 @@ def _frame_ratios(
     def source(x: torch.Tensor) -> torch.Tensor:
         return _by_source(x, n_src)
 
+    # A projection energy that rounds below zero is zero (-inf dB, as museval would get), not
+    # a NaN that would read as a silent frame.
+    own_sq, all_sq = own_sq.clamp(min=0), all_sq.clamp(min=0)
     isr = _safe_db(source(signal), source(own_sq - 2 * own_s + signal))
     sir = _safe_db(source(own_sq), source(all_sq - 2 * own_all + own_sq))
     sar = _safe_db(source(all_sq), source(estimate - 2 * all_y + all_sq))
