@@ -64,10 +64,7 @@ import numpy as np
 import scipy.fft
 import torch
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # only makes the filter solve slower
-    threadpool_limits = None
+from mss.metrics._bsseval_toeplitz import EPS, solve_block_toeplitz
 
 __all__ = ["FILTERS_LEN", "METRICS", "bss_eval_images", "evaluate_track", "num_frames"]
 
@@ -76,9 +73,6 @@ FILTERS_LEN = 512
 
 METRICS = ("SDR", "ISR", "SIR", "SAR")
 
-# museval adds machine epsilon to the diagonal of G before solving; so does this module.
-_EPS = float(np.finfo(float).eps)
-
 # Samples per chunk of the pass over the track: about 8 MB of float64 for 8 stereo channels,
 # so that a chunk and its block spectra stay in the cache.
 _CHUNK_SAMPLES = 1 << 16
@@ -86,11 +80,6 @@ _CHUNK_SAMPLES = 1 << 16
 # FFT length of the correlation blocks: blocks of `_BLOCK_NFFT - 511` samples extended by 511.
 # 2048 to 4096 measured alike; shorter costs more padding, longer more inverse transforms.
 _BLOCK_NFFT = 2560
-
-# Residual of the Levinson solution, relative to ||y|| + ||T|| ||x||, above which it is refined
-# (a backward-stable dense solve leaves about 1e-15 on the Gram matrices of music, Levinson
-# about 1e-14).
-_RESIDUAL_TOL = 1e-10
 
 
 def evaluate_track(
@@ -563,9 +552,8 @@ def _distortion_filters(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares distortion filters fitted on the whole track, for every estimate channel.
 
-    The solve runs in numpy on the CPU whatever the device: it is a chain of about 20 small
-    products per filter tap, where numpy's per-call cost is a fraction of torch's and a GPU's
-    kernel launches would dominate; the data moved is the `[L, m, 2m]` correlations.
+    The solve runs in numpy on the CPU whatever the device (see `_bsseval_toeplitz`); the data
+    moved is the `[L, m, 2m]` correlations.
 
     Args:
         corr: float64 `[L, m, 2m]` whole-track correlations (as `_scan`'s), `m = S*C`.
@@ -580,152 +568,21 @@ def _distortion_filters(
     # Block k of the block-Toeplitz Gram matrix of the delayed references (delay-major order):
     # gram[k][p, q] = <x_p, x_q advanced by k>; museval's G after reordering its axes.
     gram = np.ascontiguousarray(corr_np[:, :, :m])
-    gram[0] += _EPS * np.eye(m)
+    gram[0] += EPS * np.eye(m)  # museval adds machine epsilon to G's diagonal too
     # rhs[a][p, e] = <reference channel p delayed by a, estimate channel e>: museval's D.
     rhs = np.ascontiguousarray(corr_np[:, :, m:])
-    c_all = _solve_block_toeplitz(gram, rhs)
+    c_all = solve_block_toeplitz(gram, rhs)
 
     # Spatial filters: the same normal equations restricted to one source's own channels, for
     # all sources at once (a batch of Toeplitz systems with C x C blocks).
     own = [slice(j * n_chan, (j + 1) * n_chan) for j in range(n_src)]
-    solved = _solve_block_toeplitz(
+    solved = solve_block_toeplitz(
         np.stack([gram[:, s, s] for s in own]), np.stack([rhs[:, s, s] for s in own])
     )
     c_own = np.zeros_like(c_all)
     for j, s in enumerate(own):
         c_own[:, s, s] = solved[j]
     return torch.from_numpy(c_all).to(corr.device), torch.from_numpy(c_own).to(corr.device)
-
-
-def _solve_block_toeplitz(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve `T x = y` for a symmetric positive definite block-Toeplitz T.
-
-    Block Levinson recursion, checked by its residual: the recursion is only weakly stable, so
-    when the residual is above what a backward-stable solve leaves (on the tracks measured it is
-    not), one step of iterative refinement follows, and if that is not enough either (T
-    singular to working precision), a dense LU solve as museval does it.
-
-    Args:
-        blocks: `[..., L, m, m]`, `T[i, j] = blocks[i - j]` for `i >= j` and
-            `blocks[j - i]^T` above the diagonal.
-        rhs: `[..., L, m, r]`.
-
-    Returns:
-        `x[..., L, m, r]`.
-    """
-    # An upper bound of ||T||_2 for the residual test.
-    norms = np.linalg.norm(blocks, axis=(-2, -1))
-    norm = np.max(norms[..., 0] + 2 * norms[..., 1:].sum(-1))
-
-    def accurate(x: np.ndarray) -> tuple[bool, np.ndarray]:
-        residual = rhs - _block_toeplitz_matmul(blocks, x)
-        bound = _RESIDUAL_TOL * (np.linalg.norm(rhs) + norm * np.linalg.norm(x))
-        return bool(np.isfinite(x).all() and np.linalg.norm(residual) <= bound), residual
-
-    ok = False
-    with np.errstate(all="ignore"), _one_blas_thread():
-        try:
-            x = _block_levinson(blocks, rhs)
-            ok, residual = accurate(x)
-            if not ok and np.isfinite(x).all():
-                x = x + _block_levinson(blocks, residual)
-                ok, _ = accurate(x)
-        except np.linalg.LinAlgError:  # a singular leading block
-            pass
-    if ok:
-        return x
-    dense = _dense_block_toeplitz(blocks)
-    shape = rhs.shape
-    flat = rhs.reshape(*shape[:-3], -1, shape[-1])
-    try:
-        return np.linalg.solve(dense, flat).reshape(shape)
-    except np.linalg.LinAlgError:
-        # Exactly singular to LAPACK (two identical references, say): museval falls back to
-        # least squares; a ridge of n eps ||T|| gives the same projections without an SVD
-        # (which takes seconds to minutes at this size).
-        ridge = dense.shape[-1] * _EPS * norm * np.eye(dense.shape[-1])
-        return np.linalg.solve(dense + ridge, flat).reshape(shape)
-
-
-def _one_blas_thread() -> contextlib.AbstractContextManager:
-    """Keep numpy's BLAS on one thread: the recursion's products are small, and waking other
-    threads for each made it 12x slower on 2 cores (measured)."""
-    if threadpool_limits is None:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-def _dense_block_toeplitz(blocks: np.ndarray) -> np.ndarray:
-    """The block-Toeplitz matrix `[..., L m, L m]` of `_solve_block_toeplitz`."""
-    *batch, n, m, _ = blocks.shape
-    i = np.arange(n)
-    lag = i[:, None] - i[None, :]
-    full = blocks[..., np.abs(lag), :, :]  # [..., L, L, m, m]
-    full = np.where((lag < 0)[:, :, None, None], np.swapaxes(full, -1, -2), full)
-    return np.swapaxes(full, -3, -2).reshape(*batch, n * m, n * m)
-
-
-def _block_toeplitz_matmul(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """`T x` for the block-Toeplitz T of `_solve_block_toeplitz`, by FFT convolutions.
-
-    `(T x)[i] = sum_{j <= i} R[i - j] x[j] + sum_{j > i} R[j - i]^T x[j]`: a causal block
-    convolution with R plus an anti-causal one with R^T.
-    """
-    n = blocks.shape[-3]
-    nfft = 2 ** math.ceil(math.log2(2 * n))
-
-    def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        spectrum = scipy.fft.rfft(a, nfft, axis=-3) @ scipy.fft.rfft(b, nfft, axis=-3)
-        return scipy.fft.irfft(spectrum, nfft, axis=-3)[..., :n, :, :]
-
-    # Anti-causal part: reverse x in time, convolve with R^T at lags >= 1, reverse back.
-    blocks_t = np.swapaxes(blocks, -1, -2).copy()
-    blocks_t[..., 0, :, :] = 0
-    return convolve(blocks, x) + convolve(blocks_t, x[..., ::-1, :, :])[..., ::-1, :, :]
-
-
-def _block_levinson(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Block Levinson recursion for `T x = y` (T as in `_solve_block_toeplitz`).
-
-    After step n, the forward and backward vectors f, b (n blocks of m x m) solve
-    `T_n f = [I 0 .. 0]` and `T_n b = [0 .. 0 I]` for the leading n x n blocks of T, and x solves
-    `T_n x = y[:n]`; step n + 1 extends all three with the prediction errors of row n + 1.
-    O(L^2 m^3) operations instead of the O(L^3 m^3) of a dense factorisation, as products of
-    m-column matrices with the n m-row history.
-    """
-    *batch, n_blocks, m, _ = blocks.shape
-    r = rhs.shape[-1]
-    eye = np.eye(m)
-    # The part of row n of T left of the diagonal, transposed and stacked by delay blocks:
-    # rows [(L-1-n) m, (L-1) m) of `down` hold [R[n] ... R[1]]^T, rows [m, (n+1) m) of `up`
-    # hold [R[1]^T ... R[n]^T]^T. Contiguous row ranges, so the products need no copies.
-    down = np.ascontiguousarray(np.swapaxes(blocks[..., ::-1, :, :], -1, -2))
-    down = down.reshape(*batch, n_blocks * m, m)
-    up = blocks.reshape(*batch, n_blocks * m, m)
-    # Columns [f | b | x], rows by delay block; b is stored one block down, so that rows
-    # [0, (n+1) m) of [f | b] are [[f; 0] | [0; b]] and both extend in one product.
-    state = np.zeros((*batch, (n_blocks + 1) * m, 2 * m + r))
-    inv0 = np.linalg.inv(blocks[..., 0, :, :])
-    state[..., :m, :m] = inv0
-    state[..., m : 2 * m, m : 2 * m] = inv0
-    state[..., :m, 2 * m :] = inv0 @ rhs[..., 0, :, :]
-    for n in range(1, n_blocks):
-        nm = n * m
-        row = down[..., (n_blocks - 1 - n) * m : (n_blocks - 1) * m, :]
-        errors = np.swapaxes(row, -1, -2) @ state[..., :nm, :]
-        ef, ex = errors[..., :m], errors[..., 2 * m :]
-        eb = np.swapaxes(up[..., m : nm + m, :], -1, -2) @ state[..., m : nm + m, m : 2 * m]
-        inv = np.linalg.inv(np.stack([eye - eb @ ef, eye - ef @ eb], -3))
-        a, d = inv[..., 0, :, :], inv[..., 1, :, :]
-        # [f_new b_new] = [f; 0] [a, -eb d] + [0; b] [-ef a, d]
-        mix = np.concatenate(
-            [np.concatenate([a, -eb @ d], -1), np.concatenate([-ef @ a, d], -1)], -2
-        )
-        new = state[..., : nm + m, : 2 * m] @ mix
-        state[..., : nm + m, :m] = new[..., :m]
-        state[..., m : nm + 2 * m, m : 2 * m] = new[..., m:]
-        state[..., : nm + m, 2 * m :] += new[..., m:] @ (rhs[..., n, :, :] - ex)
-    return state[..., : n_blocks * m, 2 * m :].reshape(*batch, n_blocks, m, r)
 
 
 def _frame_ratios(
