@@ -98,7 +98,7 @@ class HPSSNMF(DSPSeparator):
         nmf_beta_loss: str = "kullback-leibler",
         nmf_max_iter: int = 100,
         seed: int = 0,
-        vocals_components: int = 4,
+        vocals_components: int = 8,
         mask_power: float = 2.0,
     ) -> None:
         super().__init__(
