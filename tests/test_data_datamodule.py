@@ -139,7 +139,7 @@ def test_toy_config(tmp_path):
     assert len(dm.train_tracks()) == cfg.data.n_train - 2
     assert len(dm.test_tracks()) == cfg.data.n_test
     batch = next(iter(dm.train_dataloader()))
-    assert batch.shape == (4, 4, 2, 2 * 44100)
+    assert batch.shape == (4, 4, 2, round(cfg.data.segment * 44100))
 
 
 def test_musdb18hq_config(tmp_path):
