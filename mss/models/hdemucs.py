@@ -20,6 +20,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
+from mss.models._contract import check_mix
+
 log = logging.getLogger(__name__)
 
 # Bundles whose weights can be loaded, and what to tell the user about each.
@@ -195,19 +197,8 @@ class HDemucs(nn.Module):
             Tensor: [shape=(batch, len(sources), audio_channels, frames)], stems in the order
             of ``self.sources``.
         """
-        if mix.ndim != 3:
-            raise ValueError(
-                "Expected 3D tensor with dimensions (batch, channel, frames). "
-                f"Found: {tuple(mix.shape)}"
-            )
-        if mix.shape[1] != self.audio_channels:
-            raise ValueError(
-                f"Expected {self.audio_channels} audio channels, found {mix.shape[1]} "
-                f"(input shape {tuple(mix.shape)})."
-            )
+        check_mix(mix, self.audio_channels)
         length = mix.shape[-1]
-        if length < 1:
-            raise ValueError(f"Expected at least one frame. Found: {tuple(mix.shape)}")
         delta = max(0, self.min_length - length)
         x = nn.functional.pad(mix, (delta // 2, delta - delta // 2))
         out = self.model(x)[..., delta // 2 : delta // 2 + length]

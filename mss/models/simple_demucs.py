@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mss.models._contract import check_mix
+
 
 class _BLSTM(nn.Module):
     """Bidirectional LSTM over time, projected back to the input width.
@@ -175,18 +177,7 @@ class SimpleDemucs(nn.Module):
             Tensor: [shape=(batch, len(sources), audio_channels, frames)], stems in the order
             of ``self.sources``.
         """
-        if mix.ndim != 3:
-            raise ValueError(
-                "Expected 3D tensor with dimensions (batch, channel, frames). "
-                f"Found: {tuple(mix.shape)}"
-            )
-        if mix.shape[1] != self.audio_channels:
-            raise ValueError(
-                f"Expected {self.audio_channels} audio channels, found {mix.shape[1]} "
-                f"(input shape {tuple(mix.shape)})."
-            )
-        if mix.shape[-1] < 1:
-            raise ValueError(f"Expected at least one frame. Found: {tuple(mix.shape)}")
+        check_mix(mix, self.audio_channels)
         batch, channels, length = mix.shape
 
         x = mix

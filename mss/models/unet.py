@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mss.models._contract import check_mix
 from mss.models._stft import istft, stft
 from mss.models._wiener import wiener
 
@@ -206,18 +207,7 @@ class UNet(nn.Module):
             Tensor: [shape=(batch, len(sources), audio_channels, frames)], stems in the order
             of ``self.sources``.
         """
-        if mix.ndim != 3:
-            raise ValueError(
-                "Expected 3D tensor with dimensions (batch, channel, frames). "
-                f"Found: {tuple(mix.shape)}"
-            )
-        if mix.shape[1] != self.audio_channels:
-            raise ValueError(
-                f"Expected {self.audio_channels} audio channels, found {mix.shape[1]} "
-                f"(input shape {tuple(mix.shape)})."
-            )
-        if mix.shape[-1] < 1:
-            raise ValueError(f"Expected at least one frame. Found: {tuple(mix.shape)}")
+        check_mix(mix, self.audio_channels)
         batch, channels, length = mix.shape
 
         spec = stft(mix, self.n_fft, self.hop_length)  # [B, C, F, N] complex
