@@ -85,7 +85,7 @@ def peak_rss_mb() -> float:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process; writes scores and numbers to `args.out`."""
-    if args.threads:
+    if args.threads and args.child != "museval":  # museval's child never imports torch
         import torch
 
         torch.set_num_threads(args.threads)
