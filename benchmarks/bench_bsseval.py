@@ -85,10 +85,6 @@ def peak_rss_mb() -> float:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process; writes scores and numbers to `args.out`."""
-    if args.threads and args.child != "museval":  # museval's child never imports torch
-        import torch
-
-        torch.set_num_threads(args.threads)
     references, estimates = load(
         Path(args.track), args.offset, args.seconds, args.estimates, args.seed
     )
@@ -106,6 +102,8 @@ def child(args: argparse.Namespace) -> None:
 
         from mss.metrics.bsseval import evaluate_track
 
+        if args.threads:  # (museval's child never imports torch)
+            torch.set_num_threads(args.threads)
         # Warm-up on one second: imports and first calls, not the metric (a stem may be silent
         # in that second, which only warns).
         with warnings.catch_warnings():
