@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mss.models._contract import check_mix
 from mss.models._stft import istft, stft
 
 #: The stems every DSP baseline produces; ``sources`` may list them in any order.
@@ -148,18 +149,11 @@ class DSPSeparator(nn.Module):
             Tensor: [shape=(batch, len(sources), audio_channels, frames)], stems in the
             order of ``self.sources``, dtype and device of ``mix``.
         """
-        if not isinstance(mix, Tensor) or mix.dim() != 3:
-            shape = tuple(mix.shape) if isinstance(mix, Tensor) else type(mix).__name__
+        if not isinstance(mix, Tensor):
             raise ValueError(
-                f"Expected 3D tensor with dimensions (batch, channel, frames). Found: {shape}"
+                f"Expected a torch.Tensor [batch, channel, frames]. Found: {type(mix)}"
             )
-        if mix.shape[1] != self.audio_channels:
-            raise ValueError(
-                f"Expected {self.audio_channels} audio channels. Found: {mix.shape[1]} "
-                f"(input shape {tuple(mix.shape)})"
-            )
-        if mix.shape[2] < 1:
-            raise ValueError(f"Expected at least one frame. Found: {tuple(mix.shape)}")
+        check_mix(mix, self.audio_channels)
         if not mix.is_floating_point():
             raise ValueError(f"Expected a floating-point tensor. Found: {mix.dtype}")
         work_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
