@@ -209,6 +209,9 @@ def evaluate(
             )
     device = resolve_device(device)
     scorer = get_backend(backend, device=str(device))
+    if segment is not None and getattr(separator, "whole_track", False):
+        log.info("%s separates whole tracks: segment=%s ignored", type(separator).__name__, segment)
+        segment = None
     separator = separator.eval().to(device)
     out_dir = Path(out_dir)
     (out_dir / "tracks").mkdir(parents=True, exist_ok=True)

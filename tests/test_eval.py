@@ -21,6 +21,7 @@ from mss.data.index import index_tracks
 from mss.data.toy import make_toy_dataset
 from mss.evaluate import evaluate, evaluate_from_config
 from mss.metrics import METRICS
+from mss.metrics.museval_json import read_track_json
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 8000
@@ -344,3 +345,18 @@ def test_eval_py_command_with_a_checkpoint(pair_root, tmp_path):
     assert "uSDR" in result.stdout and "average" in result.stdout
     assert (out / "tracks" / "toy-test-00.json").is_file() and (out / "summary.md").is_file()
     assert "| vocals |" in (out / "summary.md").read_text()
+
+
+class WholeTrack(ScaledMixture):
+    """A separator that asks for whole tracks, as the DSP baselines do."""
+
+    whole_track = True
+
+
+def test_whole_track_separators_ignore_the_segment(pair_tracks, tmp_path, cheap_scorer):
+    model = WholeTrack(PAIR, RATE)
+    WholeTrack.calls = 0
+    evaluate(model, pair_tracks, PAIR, tmp_path / "eval", segment=0.25, overlap=0.25, device="cpu")
+    assert WholeTrack.calls == len(pair_tracks)  # one call per track, not one per chunk
+    _, found = read_track_json(tmp_path / "eval" / "tracks" / f"{pair_tracks[0].name}.json")
+    assert found["segment"] is None  # the provenance says what was done

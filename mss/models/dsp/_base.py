@@ -48,6 +48,9 @@ class DSPSeparator(nn.Module):
     """
 
     trainable = False
+    # REPET-SIM and NMF model the whole song (its repetitions, its spectral templates): chunked
+    # inference would cut them apart, so evaluation separates these tracks in one piece.
+    whole_track = True
 
     def __init__(
         self,
