@@ -101,3 +101,24 @@ def test_bad_inputs():
         loss(est[..., :1000], ref[..., :1000])
     with pytest.raises(ValueError, match="same length"):
         SeparationLoss(SOURCES, hop_sizes=[128])
+
+
+@pytest.mark.parametrize("name", ["default", "l1"])
+def test_loss_configs_instantiate(name):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(overrides=[f"+loss={name}", f"+data.sources=[{','.join(SOURCES)}]"])
+    loss = instantiate(cfg.loss)
+    est, ref = _pair()
+    if name == "l1":  # waveform L1 only, drums and bass weighted 1.2, normalised
+        weights = torch.tensor([1.2, 1.2, 1.0, 1.0])
+        per_source = (est - ref).abs().mean(dim=(0, 2, 3))
+        expected = (weights * per_source).sum() / weights.sum()
+        assert torch.allclose(loss(est, ref), expected, rtol=1e-6)
+    else:
+        assert loss.l1_weight == 0.85 and loss.stft_weight == 0.15
