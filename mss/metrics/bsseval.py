@@ -68,6 +68,7 @@ import scipy.fft
 import torch
 
 from mss.metrics._bsseval_toeplitz import EPS, solve_block_toeplitz
+from mss.metrics.museval_backend import check_track_shapes
 
 __all__ = ["FILTERS_LEN", "METRICS", "bss_eval_images", "evaluate_track", "num_frames"]
 
@@ -120,16 +121,7 @@ def evaluate_track(
     device = torch.device("cpu") if device is None else torch.device(device)
     refs = _as_tensor(references)
     ests = _as_tensor(estimates)
-    if refs.ndim != 3 or ests.ndim != 3:
-        raise ValueError(
-            "Expected references and estimates of shape (sources, frames, channels). Found: "
-            f"{tuple(refs.shape)} and {tuple(ests.shape)}"
-        )
-    if refs.shape[0] != ests.shape[0] or refs.shape[2] != ests.shape[2]:
-        raise ValueError(
-            f"references {tuple(refs.shape)} and estimates {tuple(ests.shape)} differ in their "
-            "number of sources or channels"
-        )
+    check_track_shapes(refs.shape, ests.shape)
     if refs.shape[1] == 0 or refs.shape[2] == 0:
         raise ValueError(f"references are empty: {tuple(refs.shape)}")
     sources = list(sources)

@@ -52,17 +52,23 @@ def prepare(references: np.ndarray, estimates: np.ndarray) -> tuple[np.ndarray, 
     """
     references = np.asarray(references, dtype=np.float64)
     estimates = np.asarray(estimates, dtype=np.float64)
-    if references.ndim != 3 or estimates.ndim != 3:
+    check_track_shapes(references.shape, estimates.shape)
+    return museval.pad_or_truncate(references, estimates)
+
+
+def check_track_shapes(references: Sequence[int], estimates: Sequence[int]) -> None:
+    """Raise a ValueError unless both shapes are `[S, T, C]` with the same S and C."""
+    references, estimates = tuple(references), tuple(estimates)
+    if len(references) != 3 or len(estimates) != 3:
         raise ValueError(
             "Expected references and estimates of shape (sources, frames, channels). Found: "
-            f"{references.shape} and {estimates.shape}"
+            f"{references} and {estimates}"
         )
-    if references.shape[0] != estimates.shape[0] or references.shape[2] != estimates.shape[2]:
+    if references[0] != estimates[0] or references[2] != estimates[2]:
         raise ValueError(
-            f"references {references.shape} and estimates {estimates.shape} differ in their "
+            f"references {references} and estimates {estimates} differ in their "
             "number of sources or channels"
         )
-    return museval.pad_or_truncate(references, estimates)
 
 
 def silent_sources(audio: np.ndarray) -> np.ndarray:
