@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import museval
 import numpy as np
 import pytest
@@ -20,8 +22,9 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 
 
 def test_val_sdr_is_museval_on_the_validation_estimates(
-    tiny_musdb_root, tiny_validation_tracks, tmp_path
+    tiny_musdb_root, tiny_validation_tracks, tmp_path, caplog
 ):
+    caplog.set_level(logging.INFO, logger="mss.callbacks.epoch_summary")
     cfg = compose_train(
         tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
         + [
@@ -62,6 +65,13 @@ def test_val_sdr_is_museval_on_the_validation_estimates(
     assert "val_audio/track0_vocals" in tags["audio"]
     assert "val_spectrogram/track0" in tags["images"]
     assert "val/sdr" in tags["scalars"]
+
+    # EpochSummary: one line for the one validation (the sanity check is not summarised)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "mss.callbacks.epoch_summary"]
+    assert line.startswith("epoch 0 step 1 |")
+    assert f"val/sdr {metrics['val/sdr']:.2f} dB" in line
+    assert f"vocals {metrics['val/sdr_vocals']:.2f}" in line
+    assert "train/loss" in line and "val/loss" in line and "lr 0.001" in line
 
 
 def test_validation_sdr_rejects_bad_options():
