@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mss.apply import separate
+from mss.data.datasets import TrackSampler
 from mss.metrics.usdr import EPS as USDR_EPS
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -97,20 +98,40 @@ class SeparationModule(L.LightningModule):
             sample_rate=self.net.sample_rate,
             device=mix.device,
         ).to(mix.device)
-        batch_size = mix.shape[0]
-        self.log(
-            "val/loss",
-            self.loss(estimate, stems),
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=batch_size,
-        )
-        sdr = song_sdr(estimate, stems).mean(0)
-        for name, value in zip(self.sources, sdr, strict=True):
-            self.log(f"val/usdr_{name}", value, sync_dist=True, batch_size=batch_size)
-        self.log("val/usdr", sdr.mean(), prog_bar=True, sync_dist=True, batch_size=batch_size)
+        # one row per track, [loss, uSDR per source], reduced over all ranks at the epoch's end;
+        # a track repeated to even out DDP ranks gives a NaN row so that it counts once
+        row = torch.cat([self.loss(estimate, stems)[None], song_sdr(estimate, stems).mean(0)])
+        if self.is_repeated_track(batch_idx):
+            row = torch.full_like(row, float("nan"))
+        self._validation_rows.append(row.detach())
         # for callbacks that score the full-track estimates (mss.callbacks.ValidationSDR)
         return {"estimate": estimate}
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation_rows: list[Tensor] = []
+
+    def on_validation_epoch_end(self) -> None:
+        """`val/loss` and the MDX `val/usdr` (mean over tracks) of the whole validation set.
+
+        Gathered from every rank and averaged here rather than with `self.log(sync_dist=True)`,
+        whose weighted mean divides integer batch counts (uneven ranks get the wrong mean).
+        """
+        if not self._validation_rows:
+            return
+        local = torch.stack(self._validation_rows)  # [tracks, 1 + S]
+        rows = self.all_gather(local).reshape(-1, local.shape[-1])
+        means = rows.nanmean(0)
+        self.log("val/loss", means[0], prog_bar=True)
+        for name, value in zip(self.sources, means[1:], strict=True):
+            self.log(f"val/usdr_{name}", value)
+        self.log("val/usdr", means[1:].mean(), prog_bar=True)
+
+    def is_repeated_track(self, batch_idx: int) -> bool:
+        """Whether validation batch ``batch_idx`` of this rank is padding added under DDP so
+        that every rank runs as many steps (see :class:`mss.data.datasets.TrackSampler`)."""
+        loader = self.trainer.val_dataloaders if self._trainer is not None else None
+        sampler = getattr(loader, "sampler", None)
+        return isinstance(sampler, TrackSampler) and sampler.is_repeat(batch_idx)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=self.net.parameters())

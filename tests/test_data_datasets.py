@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mss.data.audio import read_mixture, read_stems
-from mss.data.datasets import ChunkDataset, ChunkSampler, TrackDataset
+from mss.data.datasets import ChunkDataset, ChunkSampler, TrackDataset, TrackSampler
 from mss.data.index import index_tracks
 from mss.data.toy import make_toy_dataset
 
@@ -113,6 +113,16 @@ def test_sampler_splits_epochs_and_ranks(tracks):
     assert [len(r) for r in ranks] == [4, 4, 4]  # equal steps on every rank
     keys = [k for r in ranks for k in r]
     assert len(set(keys)) == 12 and {i for _, i in keys} >= set(range(10))
+
+
+def test_track_sampler_marks_the_padding_repeats():
+    tracks = list(range(5))  # any sized dataset
+    ranks = [TrackSampler(tracks, num_replicas=3, rank=r) for r in range(3)]
+    assert [list(r) for r in ranks] == [[0, 3], [1, 4], [2, 0]]  # equal steps: track 0 twice
+    repeats = [[r.is_repeat(position) for position in range(len(r))] for r in ranks]
+    assert repeats == [[False, False], [False, False], [False, True]]
+    single = TrackSampler(tracks)
+    assert list(single) == tracks and not any(single.is_repeat(i) for i in range(5))
 
 
 def test_track_dataset(tiny_musdb_root):

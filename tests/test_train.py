@@ -7,15 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from mss.apply import separate
+from mss.data.audio import read_mixture, read_stems
+from mss.data.index import index_tracks
+from mss.data.toy import track_names
+from mss.losses import SeparationLoss
+from mss.metrics.bsseval import evaluate_track
 from mss.module import load_separator
 from train import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+SOURCES = ["drums", "bass", "other", "vocals"]
 
 
 def tiny_overrides(root: Path, validation: list[str], output_dir: Path) -> list[str]:
@@ -152,10 +161,13 @@ def script_overrides(root: Path, validation: list[str], data_dir: Path) -> list[
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tiny_musdb_root, tiny_validation_tracks, tmp_path):
+def test_ddp_two_processes_on_cpu(tiny_musdb_root, tmp_path):
+    # three validation tracks over two ranks: rank 1 gets a repeat of the first one, which must
+    # not count twice in val/loss and val/sdr
+    validation = track_names("train", 4)[:3]
     run_dir = tmp_path / "run"
     run_script(
-        script_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        script_overrides(tiny_musdb_root, validation, tmp_path)
         + [
             "trainer=ddp",
             "trainer.accelerator=cpu",
@@ -171,8 +183,30 @@ def test_ddp_two_processes_on_cpu(tiny_musdb_root, tiny_validation_tracks, tmp_p
     )
     # 4 chunks per epoch split over 2 ranks, batch 2: one optimizer step per rank
     assert state["global_step"] == 1
-    metrics = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
-    assert "val/loss" in metrics and "train/loss_epoch" in metrics
+    metrics = pd.read_csv(run_dir / "csv" / "version_0" / "metrics.csv")
+    assert metrics["train/loss_epoch"].notna().any()
+    logged = metrics.dropna(subset=["val/sdr"]).iloc[-1]
+
+    # the same validation in one process, each track once, from the checkpoint written after it
+    separator = load_separator(run_dir / "checkpoints" / "last.ckpt")
+    loss = SeparationLoss(SOURCES)
+    tracks = [t for t in index_tracks(tiny_musdb_root, "train", SOURCES) if t.name in validation]
+    losses, medians = [], []
+    for track in tracks:
+        mix = torch.from_numpy(read_mixture(track))
+        stems = torch.from_numpy(read_stems(track, SOURCES))
+        estimate = separate(separator, mix, segment=1.0, overlap=0.25, sample_rate=44100)
+        losses.append(float(loss(estimate[None], stems[None])))
+        scores = evaluate_track(
+            stems.transpose(1, 2).double(), estimate.transpose(1, 2).double(), SOURCES,
+            win=44100, hop=44100, sdr_only=True,
+        )  # fmt: skip
+        medians.append([np.nanmedian(scores[s]["SDR"]) for s in SOURCES])
+    assert logged["val/loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    expected = np.median(np.array(medians), axis=0)
+    for name, value in zip(SOURCES, expected, strict=True):
+        assert logged[f"val/sdr_{name}"] == pytest.approx(value, abs=1e-3)
+    assert logged["val/sdr"] == pytest.approx(expected.mean(), abs=1e-3)
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ class ValidationSDR(Callback):
     wandb).
 
     Under DDP each rank scores its own tracks and the per-track medians are gathered, so the
-    numbers are those of the whole validation set (Lightning's distributed sampler may repeat
-    a track to even out the ranks; the repeat then counts twice in the median).
+    numbers are those of the whole validation set; the tracks repeated to even out the ranks
+    are left out, so each track counts once.
     """
 
     def __init__(
@@ -89,6 +89,12 @@ class ValidationSDR(Callback):
         _, stems = batch
         estimate = outputs["estimate"]
         sample_rate = pl_module.net.sample_rate
+        if pl_module.is_repeated_track(batch_idx):
+            # padding under DDP: a NaN row keeps the ranks' gathers the same size and is
+            # skipped by the median over tracks
+            shape = (len(pl_module.sources), len(self.metric_names))
+            self._track_medians.append(np.full(shape, np.nan))
+            return
         for item in range(stems.shape[0]):
             # museval's layout: [S, T, C]
             references = stems[item].detach().transpose(1, 2).cpu().double()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mss.data.augment import compose
-from mss.data.datasets import ChunkDataset, ChunkSampler, TrackDataset
+from mss.data.datasets import ChunkDataset, ChunkSampler, TrackDataset, TrackSampler
 from mss.data.index import (
     Track,
     check_mono_policy,
@@ -167,10 +167,14 @@ class MusdbDataModule(L.LightningDataModule):
 
     def _track_loader(self, tracks: list[Track]) -> DataLoader:
         # batch size 1: tracks differ in length; no persistent workers: full tracks are large
+        dataset = TrackDataset(tracks, self.sources, self.mono)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         return DataLoader(
-            TrackDataset(tracks, self.sources, self.mono),
+            dataset,
             batch_size=1,
-            shuffle=False,
+            # our own split, so the padding repeats are known (TrackSampler.is_repeat)
+            sampler=TrackSampler(dataset, num_replicas=world, rank=rank),
             num_workers=self.num_workers,
             worker_init_fn=seed_worker,
             pin_memory=self.pin_memory,

@@ -153,6 +153,22 @@ class ChunkSampler(DistributedSampler):
         return self.num_samples
 
 
+class TrackSampler(DistributedSampler):
+    """This rank's share of the full tracks, in order: rank ``r`` of ``w`` takes ``r, r + w, ...``.
+
+    As ``DistributedSampler`` does, the list is padded by repeating the first tracks so that
+    every rank runs as many validation steps (DDP needs them in step). Callers drop those
+    repeats from their scores with :meth:`is_repeat`, so a track never counts twice.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def is_repeat(self, position: int) -> bool:
+        """Whether the ``position``-th item this rank yields is padding (a repeated track)."""
+        return self.rank + position * self.num_replicas >= len(self.dataset)
+
+
 class TrackDataset(Dataset):
     """Full tracks for validation and testing: ``(mix [C, T], stems [S, C, T])`` float32.
 
