@@ -7,9 +7,10 @@ seconds, ``--overlap`` overlap, batch 1). Each model runs in a fresh process, so
 peak RSS is its own. Real-time factor = wall time / audio duration (below 1 is faster than
 real time). One untimed warm-up call on a 1 s segment comes first.
 
-Training: ``--train-steps`` optimizer steps of simple_demucs (forward, SeparationLoss,
-backward, Adam) on random batches of ``--train-batch`` x stereo chunks of each
-``--train-seconds``, after 2 untimed steps; data loading is not included.
+Training: ``--train-steps`` optimizer steps of simple_demucs (forward, the loss of each
+``conf/loss/<name>.yaml`` in ``--train-losses``, backward, Adam) on random batches of
+``--train-batch`` x stereo chunks of each ``--train-seconds``, after 2 untimed steps; data
+loading is not included.
 
     python benchmarks/bench_model_speed.py                       # everything, 60 s audio
     python benchmarks/bench_model_speed.py --models simple_demucs --skip-train
@@ -38,18 +39,17 @@ SAMPLE_RATE = 44100
 MODELS = ["simple_demucs", "unet", "hdemucs_low", "hdemucs_high"]
 
 
-def build(name: str, overrides: list[str] | None = None) -> torch.nn.Module:
-    """conf/model/<name>.yaml with 4 stereo sources at 44.1 kHz."""
+def build(name: str, group: str = "model") -> torch.nn.Module:
+    """conf/<group>/<name>.yaml with 4 stereo sources at 44.1 kHz."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             overrides=[
-                f"+model={name}",
+                f"+{group}={name}",
                 f"+data.sources=[{','.join(SOURCES)}]",
                 f"+data.sample_rate={SAMPLE_RATE}",
-                *(overrides or []),
             ]
         )
-    return instantiate(cfg.model)
+    return instantiate(cfg[group])
 
 
 def _peak_rss_mb() -> float:
@@ -87,13 +87,11 @@ def separation_speed(name: str, seconds: float, segment: float, overlap: float, 
     }
 
 
-def training_speed(batch: int, seconds: float, steps: int, threads: int) -> dict:
-    from mss.losses import SeparationLoss
-
+def training_speed(batch: int, seconds: float, steps: int, threads: int, loss: str) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build("simple_demucs").train()
-    loss_fn = SeparationLoss(SOURCES)
+    loss_fn = build(loss, group="loss")
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     length = int(seconds * SAMPLE_RATE)
     stems = 0.1 * torch.randn(batch, len(SOURCES), 2, length)
@@ -113,6 +111,7 @@ def training_speed(batch: int, seconds: float, steps: int, threads: int) -> dict
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "model": "simple_demucs",
+        "loss": loss,
         "batch": batch,
         "chunk_s": seconds,
         "steps": steps,
@@ -141,6 +140,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-seconds", type=float, nargs="+", default=[2.0, 6.0])
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--train-losses", nargs="+", default=["l1", "l1_mrstft"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -163,17 +163,23 @@ def main() -> None:
             flush=True,
         )
     if not args.skip_train:
-        print("\n| model | batch x chunk | steps/s | s/step | CPU s/step | audio s/s | RSS (MB) |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-        for seconds in args.train_seconds:
-            r = _in_child(training_speed, args.train_batch, seconds, args.train_steps, args.threads)
-            results["training"].append(r)
-            print(
-                f"| simple_demucs | {r['batch']} x {seconds:g} s | {r['steps_per_s']:.2f} | "
-                f"{r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['audio_s_per_s']:.1f} | "
-                f"{r['peak_rss_mb']:.0f} |",
-                flush=True,
-            )
+        print(
+            "\n| model | loss | batch x chunk | steps/s | s/step | CPU s/step | audio s/s "
+            "| RSS (MB) |"
+        )
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for loss in args.train_losses:
+            for seconds in args.train_seconds:
+                r = _in_child(
+                    training_speed, args.train_batch, seconds, args.train_steps, args.threads, loss
+                )
+                results["training"].append(r)
+                print(
+                    f"| simple_demucs | {loss} | {r['batch']} x {seconds:g} s | "
+                    f"{r['steps_per_s']:.2f} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | "
+                    f"{r['audio_s_per_s']:.1f} | {r['peak_rss_mb']:.0f} |",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
