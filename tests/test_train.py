@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mss.apply import separate
 from mss.data.audio import read_mixture, read_stems
 from mss.data.index import index_tracks
 from mss.data.toy import track_names
-from mss.losses import SeparationLoss
 from mss.metrics.bsseval import evaluate_track
 from mss.module import load_separator
 from train import train
@@ -189,7 +190,7 @@ def test_ddp_two_processes_on_cpu(tiny_musdb_root, tmp_path):
 
     # the same validation in one process, each track once, from the checkpoint written after it
     separator = load_separator(run_dir / "checkpoints" / "last.ckpt")
-    loss = SeparationLoss(SOURCES)
+    loss = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").loss)  # the run's
     tracks = [t for t in index_tracks(tiny_musdb_root, "train", SOURCES) if t.name in validation]
     losses, medians = [], []
     for track in tracks:
