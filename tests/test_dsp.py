@@ -13,11 +13,11 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 
 from mss.models.dsp._base import STEMS
 from mss.models.dsp.hpss_nmf import HPSSNMF, hoyer_sparsity, nmf, power_masks
 from mss.models.dsp.hpss_repet import HPSSRepet
+from tests.test_models import compose_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -29,20 +29,6 @@ FAST = {
     "hpss_repet": ["model.n_fft=1024", "model.hop_length=256", "model.repet_width=0.1"],
     "hpss_nmf": ["model.n_fft=1024", "model.hop_length=256", "model.nmf_max_iter=20"],
 }
-
-
-def compose_model(name, overrides=(), sources=SOURCES, sample_rate=RATE):
-    """conf/model/<name>.yaml with a minimal data group, instantiated."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                f"+model={name}",
-                f"+data.sources=[{','.join(sources)}]",
-                f"+data.sample_rate={sample_rate}",
-                *overrides,
-            ]
-        )
-    return instantiate(cfg.model)
 
 
 @contextlib.contextmanager
