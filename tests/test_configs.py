@@ -16,7 +16,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
 
 
-def build(cfg, tmp_path):
+def build(cfg):
     net = instantiate(cfg.model)
     module = instantiate(cfg.module, net=net, loss=instantiate(cfg.loss))
     callbacks = instantiate_group(cfg.callbacks)
@@ -29,7 +29,7 @@ def build(cfg, tmp_path):
 def test_experiment_builds(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
     assert cfg.test is True  # every experiment ends with the leaderboard table
-    _, trainer, _ = build(cfg, tmp_path)
+    _, trainer, _ = build(cfg)
     names = {type(c).__name__ for c in trainer.callbacks}
     assert {"ModelCheckpoint", "EarlyStopping", "ValidationSDR"} <= names
     if experiment == "bench":
@@ -41,7 +41,7 @@ def test_experiment_builds(experiment, tmp_path):
 @pytest.mark.parametrize("debug", DEBUGS)
 def test_debug_config_builds(debug, tmp_path):
     cfg = compose_train([f"debug={debug}", f"paths.output_dir={tmp_path}"])
-    build(cfg, tmp_path)
+    build(cfg)
 
 
 def test_lr_search_sweeps_and_names_its_metric(tmp_path):

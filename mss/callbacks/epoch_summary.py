@@ -21,7 +21,9 @@ class EpochSummary(L.Callback):
     previous validation, learning rate, `val/loss`, and `val/sdr` with its per-source values."""
 
     def __init__(self) -> None:
-        self._losses: list[float] = []
+        # summed on the loss's device: a float() per step would sync a GPU every step
+        self._loss_sum: torch.Tensor | None = None
+        self._steps = 0
         self._wall0 = self._cpu0 = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -30,13 +32,15 @@ class EpochSummary(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            self._losses.append(float(loss.detach()))
+            loss = loss.detach()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._steps += 1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         log.info(self.summary(trainer))
-        self._losses.clear()
+        self._loss_sum, self._steps = None, 0
 
     def summary(self, trainer: L.Trainer) -> str:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -44,8 +48,8 @@ class EpochSummary(L.Callback):
         cpu = (time.process_time() - self._cpu0) / 60
         parts = [f"epoch {trainer.current_epoch} step {trainer.global_step}"]
         parts.append(f"{wall:.1f} min wall, {cpu:.1f} min CPU")
-        if self._losses:
-            parts.append(f"train/loss {sum(self._losses) / len(self._losses):.4g}")
+        if self._steps:
+            parts.append(f"train/loss {float(self._loss_sum) / self._steps:.4g}")
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}")
         if "val/loss" in metrics:

@@ -152,8 +152,7 @@ class MusdbDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        world, rank = self._world_and_rank()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -165,11 +164,15 @@ class MusdbDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
+    def _world_and_rank(self) -> tuple[int, int]:
+        # the samplers split the data between DDP ranks themselves (Lightning keeps them)
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+
     def _track_loader(self, tracks: list[Track]) -> DataLoader:
         # batch size 1: tracks differ in length; no persistent workers: full tracks are large
         dataset = TrackDataset(tracks, self.sources, self.mono)
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        world, rank = self._world_and_rank()
         return DataLoader(
             dataset,
             batch_size=1,
