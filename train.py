@@ -10,10 +10,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mss.checkpoint import load_separator
 from mss.evaluate import evaluate
 from mss.metrics.aggregate import Summary
 from mss.metrics.report import print_summary
-from mss.module import load_separator
 from mss.utils.instantiate import instantiate_group
 
 log = logging.getLogger(__name__)

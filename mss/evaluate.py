@@ -298,7 +298,7 @@ def build_separator(cfg) -> tuple[nn.Module, str]:
             "give either ckpt=PATH or model=<name>, not both: a checkpoint rebuilds its own model"
         )
     if ckpt:
-        from mss.module import load_separator
+        from mss.checkpoint import load_separator
 
         return load_separator(ckpt), f"ckpt:{Path(ckpt).resolve()}"
     if model_cfg is None:

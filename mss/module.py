@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mss.apply import separate
@@ -50,7 +47,8 @@ class SeparationModule(L.LightningModule):
         valid_segment: seconds per chunk when separating validation tracks (None: whole track).
         valid_overlap: overlap between validation chunks, in [0, 1).
         net_config: the resolved Hydra config that built `net`, as YAML text; saved in the
-            checkpoint so that the checkpoint alone rebuilds the separator (`load_separator`).
+            checkpoint so that the checkpoint alone rebuilds the separator
+            (`mss.checkpoint.load_separator`).
     """
 
     def __init__(
@@ -185,38 +183,3 @@ class StepPlateauAfterValidation(Callback):
                     f"logged: {sorted(trainer.callback_metrics)}"
                 )
             config.scheduler.step(metric)
-
-
-def load_separator(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the separator saved in a training checkpoint, in eval mode.
-
-    The checkpoint carries the Hydra config of the network (`net_config`), so no other file or
-    config is needed.
-    """
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to users
-        raise ValueError(f"{ckpt_path}: not a readable PyTorch checkpoint ({error})") from error
-    net_config = checkpoint.get("hyper_parameters", {}).get("net_config")
-    if net_config is None:
-        raise ValueError(
-            f"{ckpt_path}: no `net_config` in its hyper_parameters; it was not written by "
-            "mss train.py, so the network cannot be rebuilt from it"
-        )
-    net_config = OmegaConf.create(net_config)
-    if net_config.get("pretrained"):
-        # models that fetch pretrained weights when built (hdemucs_pretrained): the checkpoint
-        # carries the fine-tuned weights, so build the architecture only, without the bundle file
-        net_config.load_weights = False
-    net = instantiate(net_config)
-    prefix = "net."
-    state = {
-        key[len(prefix) :]: value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(prefix)
-    }
-    net.load_state_dict(state)
-    return net.eval()

@@ -12,9 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mss.apply import separate
 from mss.callbacks.validation_sdr import ValidationSDR
+from mss.checkpoint import load_separator
 from mss.data.audio import read_mixture, read_stems
 from mss.data.index import index_tracks
-from mss.module import load_separator
 from tests.test_train import compose_train, tiny_overrides
 from train import train
 

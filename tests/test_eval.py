@@ -291,7 +291,7 @@ def test_eval_from_config_checkpoint_path(pair_root, tmp_path, monkeypatch, chea
         loaded.append(path)
         return ScaledMixture(PAIR, RATE)
 
-    monkeypatch.setattr("mss.module.load_separator", load_separator)
+    monkeypatch.setattr("mss.checkpoint.load_separator", load_separator)
     overrides = [f"data.sources=[{','.join(PAIR)}]", f"data.sample_rate={RATE}",
                  "ckpt=some/model.ckpt", "tracks=[toy-test-01]", "split=test"]  # fmt: skip
     summary = evaluate_from_config(eval_config(pair_root, tmp_path / "e", overrides))

@@ -146,7 +146,7 @@ def test_fine_tuned_checkpoint_rebuilds_without_the_bundle_file(tmp_path, monkey
     not need torchaudio's file (here TORCH_HOME is empty)."""
     from omegaconf import OmegaConf
 
-    from mss.module import load_separator
+    from mss.checkpoint import load_separator
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     net = HDemucs(["vocals", "drums"], pretrained="HDEMUCS_HIGH_MUSDB", load_weights=False)

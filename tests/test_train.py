@@ -16,11 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mss.apply import separate
+from mss.checkpoint import load_separator
 from mss.data.audio import read_mixture, read_stems
 from mss.data.index import index_tracks
 from mss.data.toy import track_names
+from mss.errors import CheckpointError
 from mss.metrics.bsseval import evaluate_track
-from mss.module import load_separator
 from train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_checkpoint_alone_rebuilds_the_separator(tiny_musdb_root, tiny_validatio
 
 
 def test_load_separator_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
         load_separator(tmp_path / "missing.ckpt")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
