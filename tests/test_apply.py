@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mss.apply import separate, transition_window
+from mss.apply import MAX_SHIFT_SECONDS, separate, transition_window
 
 RATE = 100  # Hz; small so that segments are a few dozen samples
 
@@ -116,6 +116,17 @@ def test_conv_model_matches_away_from_segment_borders():
     assert (chunked - whole).abs().max() < 0.5 * whole.abs().max()
 
 
+@pytest.mark.parametrize("length, one_call", [(29, True), (30, True), (31, False)])
+def test_track_of_at_most_one_segment_is_one_call(length, one_call):
+    """A segment at least as long as the track separates it in one call, without padding."""
+    model = ConvSeparator().eval()
+    mix = torch.randn(1, 2, length)
+    out = separate(model, mix, segment=0.3, overlap=0.25, sample_rate=RATE)  # 30 samples
+    with torch.no_grad():
+        direct = model(mix)
+    assert torch.equal(out, direct) == one_call
+
+
 def test_unbatched_input_and_plain_output():
     model = PointwiseSeparator().eval()
     mix = torch.randn(2, 345)
@@ -140,11 +151,51 @@ def test_bad_mixture_shape(shape):
         separate(PointwiseSeparator(), torch.randn(shape), None, 0.25, RATE)
 
 
-@pytest.mark.parametrize("kwargs", [{"overlap": 1.0}, {"overlap": -0.1}, {"segment": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"overlap": 1.0}, {"overlap": -0.1}, {"segment": 0.0}, {"shifts": -1}]
+)
 def test_bad_arguments(kwargs):
     args = {"segment": 1.0, "overlap": 0.25, "sample_rate": RATE} | kwargs
     with pytest.raises(ValueError):
         separate(PointwiseSeparator(), torch.randn(2, 100), **args)
+
+
+def shift_offsets(shifts: int, seed: int) -> list[int]:
+    """The delays `separate` draws: uniform in [0, 0.5 s) from a generator seeded by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(int(MAX_SHIFT_SECONDS * RATE), (shifts,), generator=generator).tolist()
+
+
+def test_shifts_average_delayed_runs():
+    """shifts=N is the mean of N runs on the mixture delayed by the drawn offsets (zeros in
+    front), each advanced back by its offset."""
+    model = ConvSeparator().eval()
+    mix = torch.randn(2, 2, 501)
+    args = dict(segment=0.3, overlap=0.25, sample_rate=RATE)
+    offsets = shift_offsets(3, seed=7)
+    assert len(set(offsets)) == 3 and all(0 <= o < 50 for o in offsets)
+    runs = [separate(model, torch.nn.functional.pad(mix, (o, 0)), **args)[..., o:] for o in offsets]
+    expected = (runs[0] + runs[1] + runs[2]) / 3
+    torch.testing.assert_close(separate(model, mix, **args, shifts=3, seed=7), expected)
+
+
+def test_shifts_change_a_model_with_context():
+    model = ConvSeparator().eval()
+    mix = torch.randn(2, 1001)
+    args = dict(segment=0.3, overlap=0.25, sample_rate=RATE)
+    plain = separate(model, mix, **args)
+    shifted = separate(model, mix, **args, shifts=2, seed=0)
+    assert (shifted - plain).abs().max() > 1e-3
+    assert (separate(model, mix, **args, shifts=2, seed=1) - shifted).abs().max() > 1e-3
+    torch.testing.assert_close(separate(model, mix, **args, shifts=2, seed=0), shifted)
+
+
+def test_shifts_keep_a_pointwise_model():
+    model = PointwiseSeparator().eval()
+    mix = torch.randn(2, 1001)
+    args = dict(segment=0.3, overlap=0.25, sample_rate=RATE)
+    plain = separate(model, mix, **args)
+    torch.testing.assert_close(separate(model, mix, **args, shifts=4, seed=3), plain)
 
 
 def test_model_breaking_the_contract_is_reported():
