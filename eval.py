@@ -6,20 +6,15 @@ default), and writes per-track museval JSON plus the summary table; see mss/eval
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from mss.cli import entry_point
 from mss.evaluate import evaluate_from_config
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@entry_point("eval")
 def main(cfg: DictConfig) -> float:
-    try:
-        summary = evaluate_from_config(cfg)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input (no checkpoint, model and data that disagree, a broken dataset): one clear
-        # line instead of a traceback.
-        raise SystemExit(f"eval.py: error: {error}") from error
+    summary = evaluate_from_config(cfg)
     # the value a sweep (-m) would optimise: SiSEC18 SDR averaged over sources
     return float(summary.sisec18.loc["average", "SDR"])
 

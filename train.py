@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mss.checkpoint import load_separator
+from mss.cli import entry_point
+from mss.errors import CheckpointError, ConfigError
 from mss.evaluate import evaluate
 from mss.metrics.aggregate import Summary
 from mss.metrics.report import print_summary
@@ -27,23 +28,33 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     path = last if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: no checkpoint at {path}"
+            + (" (run again with hydra.run.dir=<the run's folder>)" if ckpt_path == "last" else "")
+        )
     return str(path)
 
 
 def train(cfg: DictConfig) -> dict:
     """Fit (and optionally test) the configured separator; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    # a wrong checkpoint path fails before anything is built
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir) if cfg.train else None
 
     net = instantiate(cfg.model)
     if not getattr(net, "trainable", True):
-        raise SystemExit(
+        raise ConfigError(
             f"model {type(net).__name__} is a fixed DSP baseline with nothing to train; "
             "evaluate it with `python eval.py model=<its config name>` (no checkpoint needed)"
         )
     # plain lists, not ListConfig: Lightning saves the data hparams in checkpoints that resume
     # loads with weights_only=True
     datamodule = instantiate(cfg.data, _convert_="all")
+    # Index and check the data before the loggers and the trainer start, so that a bad dataset
+    # fails at once in one line and leaves no empty run behind. DDP ranks are started later,
+    # inside fit, and find the toy set already generated.
+    datamodule.prepare_data()
+    datamodule.setup("fit" if cfg.train else "test")
     module = instantiate(
         cfg.module,
         net=net,
@@ -59,7 +70,6 @@ def train(cfg: DictConfig) -> dict:
 
     metrics: dict = {}
     if cfg.train:
-        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -75,7 +85,9 @@ def train(cfg: DictConfig) -> dict:
 def test_checkpoint(cfg: DictConfig, ckpt_path: str | None, datamodule) -> Summary:
     """Score a checkpoint on the test split with the leaderboard protocol (as eval.py does)."""
     if not ckpt_path:
-        raise ValueError("test=true needs a checkpoint: train with checkpointing or pass ckpt_path")
+        raise ConfigError(
+            "test=true needs a checkpoint: train with checkpointing or pass ckpt_path"
+        )
     datamodule.prepare_data()
     datamodule.setup("test")
     summary = evaluate(
@@ -93,7 +105,7 @@ def test_checkpoint(cfg: DictConfig, ckpt_path: str | None, datamodule) -> Summa
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@entry_point("train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # hparams_search configs name the value a sweep minimises

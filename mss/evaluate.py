@@ -30,11 +30,13 @@ from torch import nn
 from mss.apply import separate
 from mss.data.audio import read_mixture, read_stems, write_wav_atomic
 from mss.data.index import Track
+from mss.errors import ConfigError
 from mss.metrics.aggregate import Summary, frame_medians, summarize
 from mss.metrics.backends import get_backend
 from mss.metrics.museval_json import read_track_json, write_track_json
 from mss.metrics.report import print_summary, save_summary
 from mss.metrics.usdr import usdr
+from mss.utils.paths import ensure_writable_dir
 
 __all__ = [
     "build_separator",
@@ -66,20 +68,20 @@ def check_separator(
     name = type(separator).__name__
     model_sources = getattr(separator, "sources", None)
     if model_sources is None or list(model_sources) != list(sources):
-        raise ValueError(
+        raise ConfigError(
             f"{name} separates into {model_sources} but the data has sources {list(sources)}; "
             "they must be the same names in the same order (set data.sources to the model's "
             "sources or use a model trained on this data's sources)"
         )
     model_rate = getattr(separator, "sample_rate", None)
     if model_rate is None or int(model_rate) != int(sample_rate):
-        raise ValueError(
+        raise ConfigError(
             f"{name} works at {model_rate} Hz but the data is at {sample_rate} Hz; "
             "nothing is resampled, so they must match"
         )
     model_channels = getattr(separator, "audio_channels", None)
     if channels is not None and model_channels is not None and model_channels != channels:
-        raise ValueError(f"{name} expects {model_channels} channel(s), the data has {channels}")
+        raise ConfigError(f"{name} expects {model_channels} channel(s), the data has {channels}")
 
 
 def _meta_mismatch(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
@@ -196,14 +198,14 @@ def evaluate(
     sources = [str(s) for s in sources]
     tracks = list(tracks)
     if not tracks:
-        raise ValueError("no tracks to evaluate")
+        raise ConfigError("no tracks to evaluate")
     names = [t.name for t in tracks]
     if len(set(names)) != len(names):
-        raise ValueError(f"track names must be unique, got {names}")
+        raise ConfigError(f"track names must be unique, got {names}")
     check_separator(separator, sources, tracks[0].sample_rate, tracks[0].channels)
     for track in tracks:
         if track.sample_rate != tracks[0].sample_rate or track.channels != tracks[0].channels:
-            raise ValueError(
+            raise ConfigError(
                 f"track {track.name!r} is {track.sample_rate} Hz / {track.channels} ch, unlike "
                 f"{tracks[0].name!r} ({tracks[0].sample_rate} Hz / {tracks[0].channels} ch)"
             )
@@ -246,7 +248,7 @@ def evaluate(
                 scores, found = read_track_json(json_path)
                 mismatch = _meta_mismatch(found, meta)
                 if mismatch:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{json_path} was written by a different evaluation ({'; '.join(mismatch)})"
                         "; pass overwrite=true to replace it, or use another output_dir"
                     )
@@ -278,7 +280,7 @@ def select_tracks(tracks: Sequence[Track], names: Sequence[str] | None) -> list[
     by_name = {t.name: t for t in tracks}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise ValueError(f"unknown track(s) {missing}; available: {sorted(by_name)}")
+        raise ConfigError(f"unknown track(s) {missing}; available: {sorted(by_name)}")
     return [by_name[str(n)] for n in names]
 
 
@@ -294,15 +296,16 @@ def build_separator(cfg) -> tuple[nn.Module, str]:
 
     ckpt, model_cfg = cfg.get("ckpt"), cfg.get("model")
     if ckpt and model_cfg is not None:
-        raise ValueError(
+        raise ConfigError(
             "give either ckpt=PATH or model=<name>, not both: a checkpoint rebuilds its own model"
         )
     if ckpt:
         from mss.checkpoint import load_separator
 
-        return load_separator(ckpt), f"ckpt:{Path(ckpt).resolve()}"
+        allowed = list(cfg.get("allowed_targets") or [])
+        return load_separator(ckpt, allowed_targets=allowed), f"ckpt:{Path(ckpt).resolve()}"
     if model_cfg is None:
-        raise ValueError(
+        raise ConfigError(
             "nothing to evaluate: pass ckpt=PATH (a checkpoint written by train.py), or "
             "model=<name> for a separator that needs no training (a DSP baseline or a "
             "pretrained model)"
@@ -311,7 +314,7 @@ def build_separator(cfg) -> tuple[nn.Module, str]:
     if not (
         getattr(separator, "trainable", True) is False or getattr(separator, "pretrained", False)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"model {type(separator).__name__} is trainable and has no pretrained weights, so "
             "it would be evaluated with random weights; train it first and pass ckpt=PATH"
         )
@@ -323,19 +326,20 @@ def evaluate_from_config(cfg) -> Summary:
     from hydra.utils import instantiate
 
     if cfg.split not in ("test", "valid"):
-        raise ValueError(f"split must be 'test' or 'valid', got {cfg.split!r}")
-    # The separator first: a missing ckpt= fails before any data is indexed or generated.
+        raise ConfigError(f"split must be 'test' or 'valid', got {cfg.split!r}")
+    # The output folder and the separator first: a wrong path fails before any data is
+    # indexed or generated.
+    ensure_writable_dir(cfg.output_dir, "output_dir")
     separator, origin = build_separator(cfg)
     datamodule = instantiate(cfg.data)
+    # a wrong model/data pair fails before any data is generated or read
+    check_separator(separator, datamodule.sources, datamodule.sample_rate)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()  # generates the toy set on first use
     tracks = datamodule.test_tracks() if cfg.split == "test" else datamodule.valid_tracks()
     tracks = select_tracks(tracks, cfg.get("tracks"))
     if not tracks:
-        raise ValueError(f"the {cfg.split} split of the data has no tracks")
-
-    # Checked here too, before any work, so a wrong model/data pair fails at once.
-    check_separator(separator, datamodule.sources, datamodule.sample_rate)
+        raise ConfigError(f"the {cfg.split} split of the data has no tracks")
     metrics = cfg.metrics
     summary = evaluate(
         separator,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mss.apply import separate
 from mss.data.datasets import TrackSampler
+from mss.errors import ConfigError
 from mss.metrics.usdr import EPS as USDR_EPS
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -65,7 +66,7 @@ class SeparationModule(L.LightningModule):
         super().__init__()
         trainable = any(p.requires_grad for p in net.parameters())
         if not getattr(net, "trainable", True) or not trainable:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(net).__name__} has no trainable parameters: it is a fixed baseline. "
                 "Evaluate it directly with `python eval.py model=<name>`."
             )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mss.data.index import DatasetError
 from mss.data.toy import MANIFEST, ensure_toy_dataset, make_toy_dataset
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -68,7 +69,7 @@ def test_ensure_generates_once_and_regenerates_on_change(tmp_path):
 def test_ensure_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "song.wav").touch()
-    with pytest.raises(FileExistsError, match="not a generated toy dataset"):
+    with pytest.raises(DatasetError, match="not a generated toy dataset"):
         ensure_toy_dataset(tmp_path / "mine", n_train=1, n_test=1, seconds=0.5)
     assert (tmp_path / "mine" / "song.wav").exists()
 

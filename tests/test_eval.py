@@ -287,7 +287,7 @@ def test_eval_from_config_on_tiny_musdb_equals_museval(tiny_musdb_root, tmp_path
 def test_eval_from_config_checkpoint_path(pair_root, tmp_path, monkeypatch, cheap_scorer):
     loaded = []
 
-    def load_separator(path):
+    def load_separator(path, allowed_targets=()):
         loaded.append(path)
         return ScaledMixture(PAIR, RATE)
 
@@ -331,6 +331,7 @@ def test_eval_py_command_with_a_checkpoint(pair_root, tmp_path):
     """`python eval.py ckpt=PATH` with a checkpoint in the format train.py writes."""
     ckpt = tmp_path / "model.ckpt"
     net_config = {"_target_": TARGET, "sources": PAIR, "sample_rate": RATE}
+    net_config = OmegaConf.to_yaml(OmegaConf.create(net_config))  # as train.py saves it
     torch.save({"hyper_parameters": {"net_config": net_config}, "state_dict": {}}, ckpt)
     out = tmp_path / "eval"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
@@ -338,6 +339,8 @@ def test_eval_py_command_with_a_checkpoint(pair_root, tmp_path):
         sys.executable, "eval.py", f"ckpt={ckpt}", "data=musdb18hq", f"data.root={pair_root}",
         f"data.sources=[{','.join(PAIR)}]", f"data.sample_rate={RATE}", f"output_dir={out}",
         "tracks=[toy-test-00]", f"paths.log_dir={tmp_path / 'logs'}", "device=cpu",
+        # a model of the tests, not of mss.models: the user allows it explicitly
+        f"allowed_targets=[{TARGET}]",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mss.data.index import DatasetError, Track, check_mono_policy
+from mss.data.index import DatasetError, Track, check_mono_policy, nonfinite_problem
 
 
 def read_audio(
@@ -27,17 +27,21 @@ def read_audio(
 
     Raises:
         DatasetError: the file cannot be read, returns fewer frames than asked (truncated),
-            or is mono where mono is refused.
+            holds NaN or Inf samples, or is mono where mono is refused.
     """
     check_mono_policy(mono)
     try:
-        data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        data, rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as err:
         raise DatasetError(f"{path}: cannot read frames {start}:{stop} ({err})") from err
     if stop is not None and data.shape[0] != stop - start:
         raise DatasetError(
             f"{path}: asked for frames {start}:{stop} but got {data.shape[0]} (truncated file?)"
         )
+    # a file changed since it was indexed, or a caller that reads without the index
+    nonfinite = nonfinite_problem(data, start, rate)
+    if nonfinite:
+        raise DatasetError(f"{path}: {nonfinite}")
     audio = data.T  # [C, T]
     if channels is not None and audio.shape[0] != channels:
         if audio.shape[0] != 1 or mono != "upmix":

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mss.data.index import DatasetError
+
 PARTS = ("drums", "bass", "other", "vocals")
 # Stems that may be requested besides the four parts: name -> parts summed into it.
 GROUPS = {"accompaniment": ("drums", "bass", "other")}
@@ -382,7 +384,7 @@ def ensure_toy_dataset(
     Reuses ``root`` when its manifest matches. Otherwise renders into a hidden temporary folder
     beside ``root`` and renames it into place, so an interrupted run never leaves a half-written
     dataset and concurrent callers cannot see one. A previous toy set with other parameters is
-    replaced; a non-empty folder that is not a toy set is never touched (``FileExistsError``).
+    replaced; a non-empty folder that is not a toy set is never touched (``DatasetError``).
     """
     root = Path(root)
     sources = _check_sources(sources)
@@ -390,7 +392,7 @@ def ensure_toy_dataset(
     if _read_manifest(root) == wanted:
         return root
     if root.exists() and _read_manifest(root) is None and any(root.iterdir()):
-        raise FileExistsError(
+        raise DatasetError(
             f"{root} exists and is not a generated toy dataset (no {MANIFEST}); "
             "refusing to overwrite it: pick another data.root"
         )
