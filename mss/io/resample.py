@@ -4,9 +4,11 @@ A song at 48 kHz goes to a 44.1 kHz model and its stems come back at 48 kHz with
 song's length. soxr's streaming resampler gives, block by block, the samples of one
 `soxr.resample` call on the whole signal (bit for bit in our tests, whatever the block sizes),
 so memory stays flat in the song's length. The total output length is fixed:
-`resampled_length(n, in_rate, out_rate)` = ``n * out_rate / in_rate`` rounded half up, which is
-what soxr itself produces, or any ``out_frames`` the caller asks for (the song's own length on
-the way back), reached by trimming or zero-padding the end.
+`resampled_length(n, in_rate, out_rate)` = ``n * out_rate / in_rate`` rounded half up, or any
+``out_frames`` the caller asks for (the song's own length on the way back: the natural length
+there and back can miss it, 48003 frames at 48 -> 8 -> 48 kHz give 48006), reached by trimming
+or zero-padding the end. soxr's own length is the same product in floating point; it agrees but
+on exact ties (n * out_rate / in_rate = k + 1/2), which it rounds either way.
 
 Quality "VHQ" (soxr's 28-bit precision): a 1 kHz sine taken 44.1 -> 48 -> 44.1 kHz comes back
 within 3e-8 away from the signal's ends; "HQ" (20-bit) within 8e-7. VHQ costs about 10% more
@@ -27,7 +29,7 @@ DEFAULT_QUALITY = "VHQ"
 
 
 def resampled_length(frames: int, in_rate: int, out_rate: int) -> int:
-    """``frames * out_rate / in_rate`` rounded half up, in exact integer arithmetic (as soxr)."""
+    """``frames * out_rate / in_rate`` rounded half up, in exact integer arithmetic."""
     return (2 * frames * out_rate + in_rate) // (2 * in_rate)
 
 
