@@ -12,10 +12,11 @@ Formats (`OutputFormat`):
 
 - ``wav``: ``bit_depth`` 32 (float, the default), 24 or 16 (integer PCM).
 - ``flac``: 24 (the default) or 16; FLAC has no float samples, so 32 is refused.
-- ``mp3``: 320 kbit/s constant bit rate (LAME through libsndfile, with the LAME header that
-  lets decoders give back exactly the written length); ``bit_depth`` does not apply and is
-  ignored. MP3 only exists at 8, 11.025, 12, 16, 22.05, 24, 32, 44.1 and 48 kHz and in mono
-  or stereo; other rates are refused up front (write wav or flac instead).
+- ``mp3``: the highest constant bit rate of the rate's MPEG version (320 kbit/s at 32-48 kHz,
+  160 at 16-24 kHz, 64 at 8-12 kHz), LAME through libsndfile, with the LAME header that lets
+  decoders give back exactly the written length (mpg123 and ffmpeg do); ``bit_depth`` does not
+  apply and is ignored. MP3 only exists at 8, 11.025, 12, 16, 22.05, 24, 32, 44.1 and 48 kHz
+  and in mono or stereo; other rates are refused up front (write wav or flac instead).
 
 Float WAV holds any value, so it is written as it is whatever ``clip`` says. For the formats
 that cannot hold samples beyond full scale (|x| > 1), ``clip`` says what happens:
@@ -124,7 +125,7 @@ class OutputFormat:
 
     def _open(self, path: Path, sample_rate: int, channels: int) -> sf.SoundFile:
         if self.format == "mp3":
-            # compression_level 0 at constant bit rate is LAME's 320 kbit/s.
+            # compression_level 0 at constant bit rate: the highest bit rate (320 kbit/s).
             return sf.SoundFile(
                 str(path), "w", sample_rate, channels, "MPEG_LAYER_III", format="MP3",
                 compression_level=0.0, bitrate_mode="CONSTANT",
@@ -168,8 +169,7 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
     except OSError as err:
         reason = _reason(err)
         raise AudioFileError(f"{folder}: cannot write to this output folder ({reason})") from err
-    finally:
-        tmp.unlink(missing_ok=True)
+    tmp.unlink()
     return folder
 
 
@@ -374,6 +374,7 @@ class StemSetWriter:
         if len(set(map(Path, paths))) != len(paths) or not paths:
             raise ValueError(f"Expected distinct output paths, got {list(map(str, paths))}")
         self.writers: list[StemWriter] = []
+        self.reports: list[StemReport] | None = None  # set by commit
         try:
             for path in paths:
                 self.writers.append(StemWriter(path, sample_rate, channels, fmt))
@@ -406,7 +407,8 @@ class StemSetWriter:
         except BaseException:
             self.abort()
             raise
-        return [writer.report for writer in self.writers]
+        self.reports = [writer.report for writer in self.writers]
+        return self.reports
 
     def abort(self) -> None:
         for writer in self.writers:
