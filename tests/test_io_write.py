@@ -223,7 +223,8 @@ def test_non_finite_stem_is_refused_with_its_time(tmp_path):
     audio = stem(frames=44100)
     audio[1, 22050] = np.nan
     with pytest.raises(
-        ValueError, match=r"song\.wav: non-finite sample at 0\.500 s \(frame 22050\)"
+        ValueError,
+        match=r"song\.wav: cannot write a non-finite sample \(NaN/Inf\) at 0\.500 s \(frame 22050",
     ):
         write_in_blocks(tmp_path / "song.wav", audio, block=10000)
     assert listing(tmp_path) == []
@@ -299,6 +300,38 @@ def test_a_killed_process_leaves_nothing_under_the_final_name(tmp_path):
     names = listing(tmp_path)
     assert "vocals.wav" not in names
     assert len(names) == 1 and names[0].startswith(".vocals.wav.")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+@pytest.mark.parametrize(("fmt", "depth", "clip"), [("wav", 32, "clamp"), ("flac", 16, "rescale")])
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, fmt, depth, clip):
+    """A file size limit (RLIMIT_FSIZE, in a child process) stands in for a full disk."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        import numpy as np
+        from mss.io.write import OutputFormat, StemWriter
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of dying
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        fmt = OutputFormat({fmt!r}, {depth}, {clip!r})
+        try:
+            with StemWriter({str(tmp_path / f"bass.{fmt}")!r}, 44100, 2, fmt) as writer:
+                for i in range(10):
+                    writer.write(np.random.default_rng(i).uniform(-1, 1, (2, 44100)))
+        except Exception as err:
+            print(type(err).__name__, err)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert result.stdout.startswith(f"AudioFileError {tmp_path / f'bass.{fmt}'}: writing failed (")
+    assert result.stdout.count("\n") == 1
+    assert listing(tmp_path) == []
 
 
 def test_stem_set_is_written_all_or_nothing(tmp_path):

@@ -195,7 +195,7 @@ def _soundfile_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray
     try:
         with sf.SoundFile(str(info.path)) as f:
             while True:
-                size = left if tail and left <= reads + tail else reads
+                size = left if tail and 0 < left <= reads + tail else reads
                 data = f.read(size, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
                     break

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,8 +243,8 @@ class StemWriter:
             bad_frames = (~np.isfinite(block)).any(axis=0)
             frame = int(np.flatnonzero(bad_frames)[0]) + self.frames
             raise ValueError(
-                f"{self.path}: non-finite sample at {frame / self.sample_rate:.3f} s "
-                f"(frame {frame}); the separator produced NaN/Inf"
+                f"{self.path}: cannot write a non-finite sample (NaN/Inf) at "
+                f"{frame / self.sample_rate:.3f} s (frame {frame})"
             )
         self._peak = max(self._peak, peak)
         if peak > 1.0:
@@ -251,10 +252,11 @@ class StemWriter:
             if self.fmt.clip == "clamp" and not self.fmt.is_float:
                 block = np.clip(block, -1.0, 1.0)
         self.frames += block.shape[1]
-        if self._raw is not None:
-            self._raw.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
-        else:
-            self._file.write(block.T)
+        with self._writing():
+            if self._raw is not None:
+                self._raw.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
+            else:
+                self._file.write(block.T)
 
     def commit(self) -> StemReport:
         """Finish the file and rename it to ``path``; returns the `StemReport`."""
@@ -294,14 +296,15 @@ class StemWriter:
             if self.frames == 0:
                 raise ValueError(f"{self.path}: no frames were written")
             scale = 1.0
-            if self._raw is not None:
-                self._raw.close()
-                if self._peak > 1.0:
-                    scale = 1.0 / self._peak
-                self._rescale_pass(self._peak if self._peak > 1.0 else 1.0)
-                self._raw_tmp.unlink()
-            else:
-                self._file.close()
+            with self._writing():
+                if self._raw is not None:
+                    self._raw.close()
+                    if self._peak > 1.0:
+                        scale = 1.0 / self._peak
+                    self._rescale_pass(self._peak if self._peak > 1.0 else 1.0)
+                    self._raw_tmp.unlink()
+                else:
+                    self._file.close()
         except BaseException:
             self.abort()
             raise
@@ -335,6 +338,18 @@ class StemWriter:
                 if data.size == 0:
                     break
                 out.write(data.reshape(-1, self.channels) / divisor)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write (disk full, quota, I/O error) into one line naming the file."""
+        try:
+            yield
+        except sf.LibsndfileError as err:
+            raise AudioFileError(
+                f"{self.path}: writing failed ({err.error_string.rstrip('.')}; out of disk space?)"
+            ) from err
+        except OSError as err:
+            raise AudioFileError(f"{self.path}: writing failed ({_reason(err)})") from err
 
     def _create(self, path: Path) -> None:
         try:
