@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 from types import SimpleNamespace
 
 import jsonschema
@@ -17,13 +20,14 @@ import simplejson
 from rich.console import Console
 
 from mss.metrics import METRICS, get_backend, summarize, usdr
-from mss.metrics.museval_backend import evaluate_track, source_groups
+from mss.metrics.museval_backend import museval_bss_eval_track
 from mss.metrics.museval_json import (
     atomic_write_text,
     read_track_json,
     schema,
     write_track_json,
 )
+from mss.metrics.protocol import source_groups
 from mss.metrics.report import markdown, print_summary, save_summary
 
 RATE = 4000  # 1 s frames of 4000 samples: museval stays fast
@@ -90,7 +94,7 @@ def test_museval_backend_pads_and_cuts_estimates_like_museval():
     longer = np.pad(ests, [(0, 0), (0, 500), (0, 0)])
     padded = np.pad(shorter, [(0, 0), (0, 900), (0, 0)]).astype(np.float64)
     for given, scored in ((shorter, padded), (longer, ests)):
-        ours = evaluate_track(refs, given, SOURCES, RATE, RATE)
+        ours = museval_bss_eval_track(refs, given, SOURCES, RATE, RATE)
         sdr, _, _, _ = museval.evaluate(refs, scored, win=RATE, hop=RATE)
         np.testing.assert_array_equal(ours["bass"]["SDR"], sdr[0])
 
@@ -98,7 +102,7 @@ def test_museval_backend_pads_and_cuts_estimates_like_museval():
 def test_museval_backend_equals_eval_mus_track():
     refs, ests = music_like(2)
     store = museval_track_store("song", SOURCES, refs, ests)
-    ours = evaluate_track(refs, ests, SOURCES, RATE, RATE)
+    ours = museval_bss_eval_track(refs, ests, SOURCES, RATE, RATE)
     for target in store.scores["targets"]:
         for metric in METRICS:
             expected = [float(f["metrics"][metric]) for f in target["frames"]]
@@ -108,7 +112,7 @@ def test_museval_backend_equals_eval_mus_track():
 def test_silent_frame_is_nan_for_every_source():
     refs, ests = music_like(3, channels=1)
     refs[0, RATE : 2 * RATE] = 0  # bass silent in the second frame only
-    ours = evaluate_track(refs, ests, SOURCES, RATE, RATE)
+    ours = museval_bss_eval_track(refs, ests, SOURCES, RATE, RATE)
     for source in SOURCES:
         assert np.isnan(ours[source]["SDR"][1]) and np.isfinite(ours[source]["SDR"][[0, 2]]).all()
     sdr, _, _, _ = museval.evaluate(refs, ests, win=RATE, hop=RATE)
@@ -126,7 +130,7 @@ def test_silent_source_gives_nan_and_a_warning(where):
     with pytest.raises(ValueError):  # what museval does on its own (sigsep-mus-eval#94)
         museval.evaluate(refs, ests, win=RATE, hop=RATE)
     with pytest.warns(UserWarning, match=rf"'Song A'.*{where} of source 'bass' is silent"):
-        ours = evaluate_track(refs, ests, sources, RATE, RATE, track_name="Song A")
+        ours = museval_bss_eval_track(refs, ests, sources, RATE, RATE, track_name="Song A")
     for metric in METRICS:
         assert np.isnan(ours["bass"][metric]).all() and len(ours["bass"][metric]) == 3
     # the others are scored as museval scores them without the silent source
@@ -139,7 +143,7 @@ def test_all_silent_gives_nan_everywhere():
     refs, ests = music_like(5)
     refs[:] = 0
     with pytest.warns(UserWarning, match="silent"):
-        ours = evaluate_track(refs, ests, SOURCES, RATE, RATE, track_name="x")
+        ours = museval_bss_eval_track(refs, ests, SOURCES, RATE, RATE, track_name="x")
     assert all(np.isnan(ours[s][m]).all() for s in SOURCES for m in METRICS)
 
 
@@ -149,7 +153,7 @@ def test_vocals_and_accompaniment_are_scored_as_museval_does():
     assert source_groups(["vocals", "accompaniment"]) == [([0, 1], [0, 1])]
     refs, ests = music_like(6, sources=3, channels=1)
     store = museval_track_store("song", sources, refs, ests)
-    ours = evaluate_track(refs, ests, sources, RATE, RATE)
+    ours = museval_bss_eval_track(refs, ests, sources, RATE, RATE)
     assert [t["name"] for t in store.scores["targets"]] == ["drums", "vocals", "accompaniment"]
     for target in store.scores["targets"]:
         expected = [float(f["metrics"]["SIR"]) for f in target["frames"]]
@@ -159,11 +163,11 @@ def test_vocals_and_accompaniment_are_scored_as_museval_does():
 def test_bad_shapes_and_unknown_backend():
     refs, ests = music_like(7)
     with pytest.raises(ValueError, match="sources or channels"):
-        evaluate_track(refs, ests[:1], SOURCES, RATE, RATE)
+        museval_bss_eval_track(refs, ests[:1], SOURCES, RATE, RATE)
     with pytest.raises(ValueError, match="source names"):
-        evaluate_track(refs, ests, SOURCES[:1], RATE, RATE)
+        museval_bss_eval_track(refs, ests, SOURCES[:1], RATE, RATE)
     with pytest.raises(ValueError, match="shape"):
-        evaluate_track(refs[0], ests[0], SOURCES, RATE, RATE)
+        museval_bss_eval_track(refs[0], ests[0], SOURCES, RATE, RATE)
     with pytest.raises(ValueError, match="unknown metrics backend 'nope'"):
         get_backend("nope")
 
@@ -368,3 +372,26 @@ def test_reports_are_written(tmp_path):
     print_summary(summary, console=console)
     text = console.export_text()
     assert "accompaniment" in text and "average" in text and "uSDR" in text
+
+
+def test_fast_backend_never_imports_museval():
+    # In a fresh interpreter: `mss.metrics` and the fast path must not load museval (slow to
+    # import, and not needed to score).
+    code = """
+import sys
+import numpy as np
+import mss.metrics.bsseval
+from mss.metrics import get_backend
+rng = np.random.default_rng(0)
+refs = rng.standard_normal((2, 3000, 2))
+ests = refs + 0.1 * rng.standard_normal(refs.shape)
+scores = get_backend("fast")(refs, ests, ["a", "b"], 1000, 1000)
+assert np.isfinite(scores["a"]["SIR"]).all()
+loaded = sorted(name for name in sys.modules if name.split(".")[0] == "museval")
+assert not loaded, loaded
+"""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import lightning as L
 import numpy as np
@@ -11,14 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-from mss.metrics.bsseval import evaluate_track
-
-
-def _nanmedian(values, axis: int = 0) -> np.ndarray:
-    """Median skipping NaN; an all-NaN slice gives NaN (as museval's pandas median) silently."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(np.asarray(values, dtype=np.float64), axis=axis)
+from mss.metrics.aggregate import nanmedian
+from mss.metrics.bsseval import bss_eval_track
 
 
 class ValidationSDR(Callback):
@@ -99,7 +92,7 @@ class ValidationSDR(Callback):
             # museval's layout: [S, T, C]
             references = stems[item].detach().transpose(1, 2).cpu().double()
             estimates = estimate[item].detach().transpose(1, 2).cpu().double()
-            scores = evaluate_track(
+            scores = bss_eval_track(
                 references,
                 estimates,
                 pl_module.sources,
@@ -109,7 +102,7 @@ class ValidationSDR(Callback):
                 track_name=f"validation track {batch_idx}",
             )
             medians = np.array(
-                [[_nanmedian(scores[s][m]) for m in self.metric_names] for s in pl_module.sources]
+                [[nanmedian(scores[s][m]) for m in self.metric_names] for s in pl_module.sources]
             )  # [S, metrics]
             self._track_medians.append(medians)
         media_epoch = (trainer.current_epoch + 1) % self.media_every_n_epochs == 0
@@ -122,7 +115,7 @@ class ValidationSDR(Callback):
         local = torch.as_tensor(np.stack(self._track_medians), device=pl_module.device)
         gathered = pl_module.all_gather(local)  # [world, tracks, S, M] under DDP
         per_track = gathered.reshape(-1, *local.shape[1:]).cpu().numpy()
-        sisec18 = _nanmedian(per_track, axis=0)  # [S, M]: median over tracks
+        sisec18 = nanmedian(per_track, axis=0)  # [S, M]: median over tracks
         for m, metric in enumerate(self.metric_names):
             name = metric.lower()
             for s, source in enumerate(pl_module.sources):

@@ -6,10 +6,10 @@ tracks the SiSEC18 way; `write_track_json` stores one museval JSON per track; `s
 writes the tables and plots.
 """
 
-from mss.metrics.aggregate import Summary, frame_medians, summarize
+from mss.metrics.aggregate import Summary, frame_medians, nanmedian, summarize
 from mss.metrics.backends import BACKENDS, get_backend
-from mss.metrics.museval_backend import METRICS, TrackScores
 from mss.metrics.museval_json import read_track_json, write_track_json
+from mss.metrics.protocol import METRICS, TrackScores
 from mss.metrics.report import print_summary, save_summary
 from mss.metrics.usdr import usdr
 
@@ -20,6 +20,7 @@ __all__ = [
     "TrackScores",
     "frame_medians",
     "get_backend",
+    "nanmedian",
     "print_summary",
     "read_track_json",
     "save_summary",

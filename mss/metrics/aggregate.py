@@ -18,18 +18,22 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mss.metrics.museval_backend import METRICS, TrackScores
+from mss.metrics.protocol import METRICS, TrackScores
 
-__all__ = ["AVERAGE", "Summary", "frame_medians", "summarize"]
+__all__ = ["AVERAGE", "Summary", "frame_medians", "nanmedian", "summarize"]
 
 AVERAGE = "average"
 
 
-def _nanmedian(values) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0 or np.all(np.isnan(values)):
-        return float("nan")  # as pandas' median of all-NaN, without numpy's RuntimeWarning
-    return float(np.nanmedian(values))
+def nanmedian(values, axis: int | None = None):
+    """Median skipping NaN (museval's pandas median); NaN for an empty or all-NaN slice, silently.
+
+    A float for `axis=None`, else an array over the other axes.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's all-NaN-slice warning
+        median = np.nanmedian(np.asarray(values, dtype=np.float64), axis=axis)
+    return float(median) if axis is None else median
 
 
 def _nanmean(values) -> float:
@@ -42,7 +46,7 @@ def _nanmean(values) -> float:
 def frame_medians(scores: TrackScores) -> dict[str, dict[str, float]]:
     """Median over frames, NaN frames skipped: `medians[source][metric]` (NaN if no frame)."""
     return {
-        source: {metric: _nanmedian(values[metric]) for metric in METRICS}
+        source: {metric: nanmedian(values[metric]) for metric in METRICS}
         for source, values in scores.items()
     }
 
@@ -127,7 +131,7 @@ def summarize(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         grouped = per_track.groupby("source", sort=False)
-        sisec18 = grouped[list(METRICS)].agg(_nanmedian).reindex(sources)
+        sisec18 = grouped[list(METRICS)].agg(nanmedian).reindex(sources)
         mean_over_tracks = grouped[list(METRICS)].agg(_nanmean).reindex(sources)
         usdr = grouped["uSDR"].agg(_nanmean).reindex(sources)
     sisec18.loc[AVERAGE] = sisec18.loc[sources].mean(skipna=False)

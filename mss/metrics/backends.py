@@ -1,8 +1,9 @@
 """Choose the BSSEval implementation: `museval` (the reference) or `fast` (mss.metrics.bsseval).
 
-Both are called the same way and both follow museval's protocol (padding, the NaN rule for
-silent frames, NaN for sources silent over the whole track, the vocals/accompaniment pair), so
-switching `metrics.backend` changes the speed, not the meaning of the numbers.
+Both are called the same way and both follow museval's protocol (`mss.metrics.protocol`:
+padding, the NaN rule for silent frames, NaN for sources silent over the whole track, the
+vocals/accompaniment pair), so switching `metrics.backend` changes the speed, not the meaning of
+the numbers. Each backend is imported when asked for: the fast one never imports museval.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mss.metrics.museval_backend import TrackScores, run_protocol
-from mss.metrics.museval_backend import evaluate_track as museval_evaluate_track
+from mss.metrics.protocol import TrackScores, run_protocol
 
 __all__ = ["BACKENDS", "Backend", "get_backend"]
 
@@ -38,10 +38,12 @@ def _fast_backend(device: str | None) -> Backend:
     except ImportError as error:
         raise ImportError(f"the fast BSSEval backend is not available ({error})") from error
 
-    def core(references, estimates, sources, win, hop) -> TrackScores:
-        return bsseval.evaluate_track(references, estimates, sources, win, hop, device=device)
+    def core(references, estimates, sources, win, hop, track_name) -> TrackScores:
+        return bsseval.bss_eval_track(
+            references, estimates, sources, win, hop, device=device, track_name=track_name or ""
+        )
 
-    def evaluate_track(
+    def fast_bss_eval_track(
         references: np.ndarray,
         estimates: np.ndarray,
         sources: Sequence[str],
@@ -51,7 +53,7 @@ def _fast_backend(device: str | None) -> Backend:
     ) -> TrackScores:
         return run_protocol(references, estimates, sources, win, hop, core, track_name)
 
-    return evaluate_track
+    return fast_bss_eval_track
 
 
 def get_backend(name: str, device: str | None = None) -> Backend:
@@ -65,7 +67,9 @@ def get_backend(name: str, device: str | None = None) -> Backend:
         device: where the fast backend computes (None: its default); museval runs on the CPU.
     """
     if name == "museval":
-        return museval_evaluate_track
+        from mss.metrics.museval_backend import museval_bss_eval_track
+
+        return museval_bss_eval_track
     if name == "fast":
         return _fast_backend(device)
     raise ValueError(f"unknown metrics backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -67,15 +67,13 @@ import numpy as np
 import scipy.fft
 import torch
 
-from mss.metrics._bsseval_toeplitz import EPS, solve_block_toeplitz
-from mss.metrics.museval_backend import check_track_shapes
+from mss.metrics._bsseval_toeplitz import COND_LIMIT, EPS, solve_block_toeplitz
+from mss.metrics.protocol import METRICS, check_track_shapes, num_frames
 
-__all__ = ["FILTERS_LEN", "METRICS", "bss_eval_images", "evaluate_track", "num_frames"]
+__all__ = ["FILTERS_LEN", "bss_eval_images", "bss_eval_track"]
 
 FILTERS_LEN = 512
 """Distortion filter length in taps (museval's `filters_len` default, used by SiSEC18)."""
-
-METRICS = ("SDR", "ISR", "SIR", "SAR")
 
 # Samples per chunk of the pass over the track: about 8 MB of float64 for 8 stereo channels,
 # so that a chunk and its block spectra stay in the cache.
@@ -86,7 +84,7 @@ _CHUNK_SAMPLES = 1 << 16
 _BLOCK_NFFT = 2560
 
 
-def evaluate_track(
+def bss_eval_track(
     references: np.ndarray | torch.Tensor,
     estimates: np.ndarray | torch.Tensor,
     sources: Sequence[str],
@@ -110,9 +108,11 @@ def evaluate_track(
         track_name: named in the warning about sources silent over the whole track.
 
     Returns:
-        `scores[source][metric] -> float64 [frames]` (numpy) with metrics SDR, ISR, SIR, SAR, or
+        `scores[source][metric] -> float64 [frames]` (numpy) with metrics SDR, SIR, ISR, SAR, or
         SDR only. NaN in frames where any reference or estimate is silent, and in every frame of
         a source whose reference or estimate is silent over the whole track (with a warning).
+        A warning also names the sources whose distortion filters had to be regularised (see
+        the module doc: their ISR/SIR/SAR are not museval's, which are rounding noise there).
 
     Raises:
         ValueError: on arrays that are not `[S, T, C]` with matching S and C, an empty
@@ -159,10 +159,12 @@ def evaluate_track(
             refs, ests = refs[alive], ests[alive]
             energies = tuple(e[:, alive] for e in energies[:3]) + (energies[3][:, :, alive],)
         with _cpu_workers(device) as workers:
-            values = _bss_eval(
+            values, singular_all, singular_own = _bss_eval(
                 refs, ests, starts, frame_len, energies, sdr_only, FILTERS_LEN, workers
             )
         out[:, alive] = values.cpu().numpy()
+        names = [sources[j] for j in alive]
+        _warn_singular(where, names, singular_all, singular_own)
     return {
         name: {metric: out[m, j].copy() for m, metric in enumerate(metrics)}
         for j, name in enumerate(sources)
@@ -189,15 +191,18 @@ def bss_eval_images(
         filters_len: distortion filter length in taps.
 
     Returns:
-        float64 `[4, S, frames]` (SDR, ISR, SIR, SAR in `METRICS` order), or `[1, S, frames]`
+        float64 `[4, S, frames]` (SDR, SIR, ISR, SAR: `METRICS` order), or `[1, S, frames]`
         when `sdr_only`; NaN in frames where any reference or estimate is silent.
     """
     starts, frame_len = _frame_starts(references.shape[1], win, hop)
     with _cpu_workers(references.device) as workers:
         energies = _frame_energies(references, estimates, starts, frame_len, workers)
-        return _bss_eval(
+        values, singular_all, singular_own = _bss_eval(
             references, estimates, starts, frame_len, energies, sdr_only, filters_len, workers
         )
+    names = [f"source {j}" for j in range(references.shape[0])]
+    _warn_singular("these signals", names, singular_all, singular_own)
+    return values
 
 
 @torch.no_grad()
@@ -210,15 +215,19 @@ def _bss_eval(
     sdr_only: bool,
     filters_len: int,
     workers: int,
-) -> torch.Tensor:
-    """`bss_eval_images` given the frames, `_frame_energies`' output and CPU workers."""
+) -> tuple[torch.Tensor, bool, list[bool]]:
+    """`bss_eval_images` given the frames, `_frame_energies`' output and CPU workers.
+
+    Also returns which normal equations were singular and regularised: the joint one (all
+    sources) and each source's own.
+    """
     n_src, length, n_chan = references.shape
     m = n_src * n_chan
     signal, estimate, error = (e.flatten(-2) for e in energies[:3])  # [F, m]
     silent = energies[3].any(0).any(-1)  # [F]
     sdr = _safe_db(_by_source(signal, n_src), _by_source(error, n_src))
     if sdr_only:
-        return sdr.T[None].masked_fill(silent, math.nan)
+        return sdr.T[None].masked_fill(silent, math.nan), False, [False] * n_src
 
     # Frames that tile the track give the whole-track correlations too (see the module doc).
     hop = starts[1] - starts[0] if len(starts) > 1 else frame_len
@@ -242,14 +251,32 @@ def _bss_eval(
     if boundaries and filters_len > 1:
         corr += _boundary_correlations(references, estimates, boundaries, filters_len)
 
-    c_all, c_own = _distortion_filters(corr, n_src, n_chan)
+    c_all, c_own, singular_all, singular_own = _distortion_filters(corr, n_src, n_chan)
     isr, sir, sar = _frame_ratios(frame_corr, signal, estimate, c_all, c_own, n_src)
-    return torch.stack([sdr, isr, sir, sar]).transpose(1, 2).masked_fill(silent, math.nan)
+    values = torch.stack([sdr, sir, isr, sar]).transpose(1, 2).masked_fill(silent, math.nan)
+    return values, singular_all, singular_own
 
 
-def num_frames(length: int, win: int, hop: int) -> int:
-    """Number of frames museval's `Framing(win, hop, length)` yields."""
-    return (length - win + hop) // hop if win < length else 1
+def _warn_singular(
+    where: str, sources: list[str], singular_all: bool, singular_own: list[bool]
+) -> None:
+    """Say which sources' ISR/SIR/SAR come from regularised filters (see the module doc)."""
+    if not singular_all and not any(singular_own):
+        return
+    if singular_all:
+        which, metrics = "all references together", "SIR and SAR of every source"
+    else:
+        own = [s for s, flag in zip(sources, singular_own, strict=True) if flag]
+        which, metrics = f"the channels of {own}", f"ISR and SIR of {own}"
+    if singular_all and any(singular_own):
+        metrics = "ISR, SIR and SAR"
+    warnings.warn(
+        f"{where}: {which} are linearly dependent at the {FILTERS_LEN} filter lags to float64 "
+        f"precision (Gram matrix condition number above {COND_LIMIT:.0e}): museval's {metrics} "
+        "can then be rounding noise; these come from regularised distortion filters (see "
+        "mss.metrics.bsseval)",
+        stacklevel=3,
+    )
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -545,7 +572,7 @@ def _boundary_correlations(
 
 def _distortion_filters(
     corr: torch.Tensor, n_src: int, n_chan: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, bool, list[bool]]:
     """Least-squares distortion filters fitted on the whole track, for every estimate channel.
 
     The solve runs in numpy on the CPU whatever the device (see `_bsseval_toeplitz`); the data
@@ -557,7 +584,8 @@ def _distortion_filters(
     Returns:
         `c_all[L, m, m]`: museval's `C` for all estimates at once, the filters (taps first) from
         every reference channel (second axis) to every estimate channel (last axis);
-        `c_own[L, m, m]`: museval's `Cj` in the same layout, zero between different sources.
+        `c_own[L, m, m]`: museval's `Cj` in the same layout, zero between different sources;
+        whether the joint system, and each source's own, was singular and regularised.
     """
     m = n_src * n_chan
     corr_np = corr.cpu().numpy()
@@ -567,18 +595,23 @@ def _distortion_filters(
     gram[0] += EPS * np.eye(m)  # museval adds machine epsilon to G's diagonal too
     # rhs[a][p, e] = <reference channel p delayed by a, estimate channel e>: museval's D.
     rhs = np.ascontiguousarray(corr_np[:, :, m:])
-    c_all = solve_block_toeplitz(gram, rhs)
+    c_all, singular_all = solve_block_toeplitz(gram, rhs)
 
     # Spatial filters: the same normal equations restricted to one source's own channels, for
     # all sources at once (a batch of Toeplitz systems with C x C blocks).
     own = [slice(j * n_chan, (j + 1) * n_chan) for j in range(n_src)]
-    solved = solve_block_toeplitz(
+    solved, singular_own = solve_block_toeplitz(
         np.stack([gram[:, s, s] for s in own]), np.stack([rhs[:, s, s] for s in own])
     )
     c_own = np.zeros_like(c_all)
     for j, s in enumerate(own):
         c_own[:, s, s] = solved[j]
-    return torch.from_numpy(c_all).to(corr.device), torch.from_numpy(c_own).to(corr.device)
+    return (
+        torch.from_numpy(c_all).to(corr.device),
+        torch.from_numpy(c_own).to(corr.device),
+        bool(singular_all),
+        singular_own.tolist(),
+    )
 
 
 def _frame_ratios(
@@ -652,3 +685,7 @@ def _frame_ratios(
     sir = _safe_db(source(own_sq), source(all_sq - 2 * own_all + own_sq))
     sar = _safe_db(source(all_sq), source(estimate - 2 * all_y + all_sq))
     return isr, sir, sar
+
+
+evaluate_track = bss_eval_track
+"""The former name of `bss_eval_track`, kept for callers outside mss.metrics."""

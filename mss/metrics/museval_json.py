@@ -15,13 +15,16 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema
-import museval
 import numpy as np
 import simplejson
 
-from mss.metrics.museval_backend import METRICS, TrackScores
+from mss.metrics.protocol import METRICS, TrackScores
+
+if TYPE_CHECKING:
+    import museval
 
 __all__ = [
     "atomic_write_bytes",
@@ -60,6 +63,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def schema() -> dict:
     """`musdb.schema.json` as shipped in the museval package."""
+    import museval  # here, not at the top: `mss.metrics` loads without museval
+
     path = Path(museval.__path__[0]) / "musdb.schema.json"
     return json.loads(path.read_text())
 
@@ -73,6 +78,8 @@ def track_store(
     track_name: str, scores: TrackScores, win: float = 1.0, hop: float = 1.0
 ) -> museval.TrackStore:
     """museval's `TrackStore` holding `scores[source][metric] -> [frames]`; win/hop in seconds."""
+    import museval
+
     store = museval.TrackStore(track_name=track_name, win=win, hop=hop)
     for source, values in scores.items():
         store.add_target(

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mss.metrics.aggregate import Summary
-from mss.metrics.museval_backend import METRICS
 from mss.metrics.museval_json import atomic_write_bytes, atomic_write_text
+from mss.metrics.protocol import METRICS
 
 __all__ = ["markdown", "print_summary", "save_boxplots", "save_summary"]
 

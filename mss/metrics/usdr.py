@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mss.metrics.museval_backend import prepare
+from mss.metrics.protocol import prepare
 
 __all__ = ["EPS", "usdr"]
 
