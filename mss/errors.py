@@ -23,3 +23,7 @@ class AudioFileError(UserError, ValueError):
 
 class ConfigError(UserError, ValueError):
     """A config value or combination of values that cannot work."""
+
+
+class NonFiniteError(UserError):
+    """Training produced NaN or Inf (loss, gradients or weights); the weights were kept."""

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from mss.apply import separate
+from mss.callbacks.finite_guard import NonFiniteGuard
+from mss.callbacks.rng_state import RNGState
 from mss.data.datasets import TrackSampler
 from mss.errors import ConfigError
 from mss.metrics.usdr import EPS as USDR_EPS
+
+
+def ignore_sync_dist_advice() -> None:
+    """Silence Lightning's "use sync_dist=True" warning for the metrics mss gathers itself.
+
+    `val/loss`, `val/usdr*` and the BSSEval `val/<metric>*` are gathered over the DDP ranks
+    exactly (per-track means, medians over tracks: `on_validation_epoch_end`, ValidationSDR)
+    and logged as global values on every rank; syncing them again would only average equal
+    numbers. Other metrics keep the warning.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"It is recommended to use `self\.log\('val/(loss|usdr|sdr|sir|isr|sar)(_[^']*)?', "
+        r"\.\.\., sync_dist=True\)`",
+        category=PossibleUserWarning,
+    )
+
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -79,6 +100,10 @@ class SeparationModule(L.LightningModule):
 
     def forward(self, mix: Tensor) -> Tensor:
         return self.net(mix)
+
+    def setup(self, stage: str) -> None:
+        # here rather than at import: filters set inside a caller's catch_warnings are lost
+        ignore_sync_dist_advice()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         mix, stems = batch
@@ -148,7 +173,8 @@ class SeparationModule(L.LightningModule):
         }
 
     def configure_callbacks(self) -> list[Callback]:
-        return [StepPlateauAfterValidation()]
+        # part of training itself, whatever callbacks the config lists
+        return [StepPlateauAfterValidation(), NonFiniteGuard(), RNGState()]
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

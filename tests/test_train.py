@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,13 @@ def test_resume_restores_epoch_optimizer_and_best_score(
     first = train(compose_train(base + ["trainer.max_epochs=1"]))
     last = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
-    assert state["epoch"] == 0 and state["global_step"] == 2
+    # written at the end of training by last_checkpoint (epoch 0 done, so it says epoch 1)
+    assert state["epoch"] == 1 and state["global_step"] == 2
     best_before = first["best_ckpt"]
 
     train(compose_train(base + ["trainer.max_epochs=2", "ckpt_path=last"]))
     state = torch.load(last, map_location="cpu", weights_only=False)
-    assert state["epoch"] == 1
+    assert state["epoch"] == 2  # two epochs done
     assert state["global_step"] == 4  # counted on from the first run, not restarted
     adam_steps = {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()}
     assert adam_steps == {4}  # Adam moments carried over
@@ -135,7 +137,7 @@ def test_ckpt_path_last_without_checkpoint_is_a_clear_error(
     cfg = compose_train(
         tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path) + ["ckpt_path=last"]
     )
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    with pytest.raises(CheckpointError, match="last.ckpt"):
         train(cfg)
 
 
@@ -168,7 +170,7 @@ def test_ddp_two_processes_on_cpu(tiny_musdb_root, tmp_path):
     # not count twice in val/loss and val/sdr
     validation = track_names("train", 4)[:3]
     run_dir = tmp_path / "run"
-    run_script(
+    result = run_script(
         script_overrides(tiny_musdb_root, validation, tmp_path)
         + [
             "trainer=ddp",
@@ -180,6 +182,8 @@ def test_ddp_two_processes_on_cpu(tiny_musdb_root, tmp_path):
         ],
         cwd=tmp_path,
     )
+    # metrics mss gathers itself get no advice to sync them, the others still would
+    assert "sync_dist=True" not in result.stderr + result.stdout
     state = torch.load(
         run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
@@ -232,3 +236,22 @@ def test_multirun_sweeps_the_learning_rate(tiny_musdb_root, tiny_validation_trac
         )
         learning_rates.append(state["optimizer_states"][0]["param_groups"][0]["lr"])
     assert learning_rates == pytest.approx([1e-3, 1e-4])
+
+
+def test_only_the_metrics_mss_gathers_are_exempt_from_the_sync_dist_advice():
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    from mss.module import ignore_sync_dist_advice
+
+    names = ["val/loss", "val/usdr", "val/usdr_bass", "val/sdr", "val/sdr_vocals", "val/sar_other",
+             "train/loss", "val/my_metric"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        ignore_sync_dist_advice()  # as SeparationModule.setup does
+        for name in names:
+            warnings.warn(
+                f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)` when logging "
+                "on epoch level in distributed setting to accumulate the metric across devices.",
+                PossibleUserWarning,
+                stacklevel=1,
+            )
+    assert [str(w.message).split("'")[1] for w in caught] == ["train/loss", "val/my_metric"]

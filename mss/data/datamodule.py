@@ -160,9 +160,19 @@ class MusdbDataModule(L.LightningDataModule):
             sampler=ChunkSampler(dataset, num_replicas=world, rank=rank),
             num_workers=self.num_workers,
             worker_init_fn=seed_worker,
+            generator=self._loader_generator(),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def _loader_generator(self) -> torch.Generator:
+        """A loader's own generator for the seed it draws per iteration (for its workers).
+
+        Without one, every new loader iterator draws from torch's global generator, which
+        also drives the augmentations: when Lightning sets loaders up in another order on
+        resume, the augmentations after the resume would differ from an uninterrupted run's.
+        """
+        return torch.Generator().manual_seed(self.seed)
 
     def _world_and_rank(self) -> tuple[int, int]:
         # the samplers split the data between DDP ranks themselves (Lightning keeps them)
@@ -180,6 +190,7 @@ class MusdbDataModule(L.LightningDataModule):
             sampler=TrackSampler(dataset, num_replicas=world, rank=rank),
             num_workers=self.num_workers,
             worker_init_fn=seed_worker,
+            generator=self._loader_generator(),
             pin_memory=self.pin_memory,
         )
 

@@ -1,0 +1,121 @@
+"""Fault tolerance: resume after SIGKILL, exact resume at epoch boundaries, NaN never saved."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mss.callbacks.finite_guard import NonFiniteGuard
+from mss.checkpoint import load_checkpoint
+from mss.errors import NonFiniteError
+from tests.test_train import compose_train, tiny_overrides
+from train import train
+
+REPO = Path(__file__).resolve().parents[1]
+# 8 chunks of 0.5 s per epoch in batches of 2: 4 optimizer steps per epoch
+STEPS_PER_EPOCH = 4
+
+
+def steady(root, validation, out: Path) -> list[str]:
+    return tiny_overrides(root, validation, out) + [
+        "data.samples_per_epoch=8",
+        "callbacks.early_stopping.patience=100",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "trainer.deterministic=true",
+    ]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_and_finishes(tiny_musdb_root, tiny_validation_tracks,
+                                                     tmp_path):  # fmt: skip
+    run_dir = tmp_path / "run"
+    args = [
+        o
+        for o in steady(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        if not o.startswith("paths.output_dir")
+    ] + [f"hydra.run.dir={run_dir}", "trainer.max_epochs=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    # killed after step 6 of 8, in the second epoch, before step 6 could be saved
+    killed = subprocess.run(
+        [sys.executable, "train.py", *args, "+callbacks.kill._target_=tests.helpers.KillAtStep",
+         "+callbacks.kill.step=6"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert 6 - saved["global_step"] <= 2  # lost at most the checkpoint interval
+    assert saved["global_step"] == 4  # the step-4 save (the kill came before step 6's)
+
+    resumed = subprocess.run(
+        [sys.executable, "train.py", *args, "ckpt_path=last"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == 2 * STEPS_PER_EPOCH and final["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in final["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_resume_from_an_epoch_boundary_gives_the_uninterrupted_weights(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path
+):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(compose_train(steady(tiny_musdb_root, tiny_validation_tracks, whole)
+                        + ["trainer.max_epochs=2"]))  # fmt: skip
+    first = steady(tiny_musdb_root, tiny_validation_tracks, split)
+    train(compose_train(first + ["trainer.max_epochs=1"]))
+    train(compose_train(first + ["trainer.max_epochs=2", "ckpt_path=last"]))
+
+    expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
+    got = load_checkpoint(split / "checkpoints" / "last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 2 * STEPS_PER_EPOCH
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+
+
+def test_a_nan_loss_stops_training_and_never_reaches_a_checkpoint(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path
+):
+    overrides = steady(tiny_musdb_root, tiny_validation_tracks, tmp_path) + [
+        "trainer.max_epochs=2",
+        "+callbacks.poison._target_=tests.helpers.PoisonBatch",
+        "+callbacks.poison.step=3",
+    ]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 3 \(epoch 0\)") as e:
+        train(compose_train(overrides))
+    assert f"last good checkpoint is {last}" in str(e.value)
+    saved = load_checkpoint(last)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_non_finite_gradients_and_weights_are_refused():
+    class Trainer:  # what the guard reads of a trainer
+        global_step, current_epoch, checkpoint_callbacks = 7, 1, []
+        precision_plugin = object()
+
+        class strategy:  # noqa: N801
+            @staticmethod
+            def reduce_boolean_decision(decision, all=True):
+                return decision
+
+    net = torch.nn.Linear(2, 1)
+    net(torch.ones(1, 2)).sum().backward()
+    guard = NonFiniteGuard()
+    guard.on_before_backward(Trainer, net, torch.tensor(1.0))
+    guard.on_before_optimizer_step(Trainer, net, None)  # finite: nothing happens
+    net.weight.grad[0, 0] = torch.inf
+    with pytest.raises(NonFiniteError, match="non-finite gradient at step 7 .*no checkpoint"):
+        guard.on_before_optimizer_step(Trainer, net, None)
+    state = {"state_dict": {"w": torch.tensor([1.0, torch.nan]), "n": torch.tensor([3])}}
+    with pytest.raises(NonFiniteError, match="non-finite weights"):
+        guard.on_save_checkpoint(Trainer, net, state)
+    guard.on_save_checkpoint(Trainer, net, {"state_dict": {"w": torch.ones(2)}})
