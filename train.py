@@ -13,8 +13,10 @@ from mss.checkpoint import load_separator
 from mss.cli import entry_point
 from mss.errors import CheckpointError, ConfigError
 from mss.evaluate import evaluate
+from mss.inference import InferenceSettings
 from mss.metrics.aggregate import Summary
 from mss.metrics.report import print_summary
+from mss.models._contract import check_separator
 from mss.utils.instantiate import instantiate_group
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir) if cfg.train else None
 
     net = instantiate(cfg.model)
-    if not getattr(net, "trainable", True):
+    if not check_separator(net).trainable:
         raise ConfigError(
             f"model {type(net).__name__} is a fixed DSP baseline with nothing to train; "
             "evaluate it with `python eval.py model=<its config name>` (no checkpoint needed)"
@@ -95,10 +97,8 @@ def test_checkpoint(cfg: DictConfig, ckpt_path: str | None, datamodule) -> Summa
         datamodule.test_tracks(),
         datamodule.sources,
         out_dir=cfg.eval.output_dir,
-        segment=cfg.eval.segment,
-        overlap=cfg.eval.overlap,
+        inference=InferenceSettings.from_config(cfg.inference),
         backend=cfg.eval.backend,
-        device=cfg.eval.device,
         tag={"separator": f"ckpt:{Path(ckpt_path).resolve()}", "split": "test"},
     )
     print_summary(summary, title=f"{Path(ckpt_path).name} on test ({cfg.eval.backend})")

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mss.models._contract import check_separator
+
 __all__ = ["MAX_SHIFT_SECONDS", "separate", "separate_stream", "transition_window"]
 
 # Largest time shift of `shifts`, as Demucs's `apply_model`.
@@ -287,12 +289,7 @@ def _check_arguments(
     batch_size: int,
     shifts: int,
 ) -> None:
-    model_rate = getattr(model, "sample_rate", None)
-    if model_rate is not None and int(model_rate) != int(sample_rate):
-        raise ValueError(
-            f"{type(model).__name__} works at {model_rate} Hz but the mixture is at "
-            f"{sample_rate} Hz; resample the data or use a model trained at {sample_rate} Hz"
-        )
+    check_separator(model, sample_rate=sample_rate)
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if segment is not None and segment <= 0:
@@ -409,7 +406,7 @@ def separate_stream(
         An iterator of `[S, C, m]` float32 CPU tensors, m >= 1.
     """
     _check_arguments(model, segment, overlap, sample_rate, batch_size, shifts)
-    if getattr(model, "whole_track", False):
+    if check_separator(model).whole_track:
         raise ValueError(
             f"{type(model).__name__} needs the whole track at once (whole_track = True) and "
             "cannot separate a stream; read the mixture whole and use mss.apply.separate"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,19 @@ from mss.apply import separate
 from mss.data.audio import read_mixture, read_stems, write_wav_atomic
 from mss.data.index import Track
 from mss.errors import ConfigError
+from mss.inference import InferenceSettings, resolve_device
 from mss.metrics.aggregate import Summary, frame_medians, summarize
 from mss.metrics.backends import get_backend
 from mss.metrics.museval_json import read_track_json, write_track_json
 from mss.metrics.report import print_summary, save_summary
 from mss.metrics.usdr import usdr
+from mss.models._contract import check_separator
 from mss.utils.paths import ensure_writable_dir
 
 __all__ = [
     "build_separator",
-    "check_separator",
     "evaluate",
     "evaluate_from_config",
-    "resolve_device",
     "select_tracks",
 ]
 
@@ -51,37 +52,6 @@ log = logging.getLogger(__name__)
 
 # Keys of a track JSON's "mss" entry that must match for a resumed run to reuse the file.
 _RESUME_KEYS = ("sources", "backend", "win", "hop", "sample_rate", "num_frames", "separator")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`"auto"` or None: CUDA when available, else the CPU; anything else as torch reads it."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def check_separator(
-    separator: nn.Module, sources: Sequence[str], sample_rate: int, channels: int | None = None
-) -> None:
-    """Raise `ValueError` unless the separator produces exactly the data's sources, in the same
-    order, at the data's sample rate (and channel count, when it declares one)."""
-    name = type(separator).__name__
-    model_sources = getattr(separator, "sources", None)
-    if model_sources is None or list(model_sources) != list(sources):
-        raise ConfigError(
-            f"{name} separates into {model_sources} but the data has sources {list(sources)}; "
-            "they must be the same names in the same order (set data.sources to the model's "
-            "sources or use a model trained on this data's sources)"
-        )
-    model_rate = getattr(separator, "sample_rate", None)
-    if model_rate is None or int(model_rate) != int(sample_rate):
-        raise ConfigError(
-            f"{name} works at {model_rate} Hz but the data is at {sample_rate} Hz; "
-            "nothing is resampled, so they must match"
-        )
-    model_channels = getattr(separator, "audio_channels", None)
-    if channels is not None and model_channels is not None and model_channels != channels:
-        raise ConfigError(f"{name} expects {model_channels} channel(s), the data has {channels}")
 
 
 def _meta_mismatch(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
@@ -102,12 +72,10 @@ def _evaluate_track(
     sources: list[str],
     json_path: Path,
     estimates_dir: Path | None,
-    segment: float | None,
-    overlap: float,
+    inference: InferenceSettings,
     scorer,
     win: float,
     hop: float,
-    batch_size: int,
     device: torch.device,
     meta: dict[str, Any],
 ) -> None:
@@ -116,11 +84,9 @@ def _evaluate_track(
     estimates = separate(
         separator,
         torch.from_numpy(mixture),
-        segment,
-        overlap,
-        track.sample_rate,
-        batch_size,
-        device,
+        sample_rate=track.sample_rate,
+        device=device,
+        **inference.chunking(),
     ).numpy()  # [S, C, T]
     separation_seconds = time.perf_counter() - start
     if estimates_dir is not None:
@@ -163,13 +129,10 @@ def evaluate(
     tracks: Sequence[Track],
     sources: Sequence[str],
     out_dir: str | Path,
-    segment: float | None = 10.0,
-    overlap: float = 0.25,
+    inference: InferenceSettings | None = None,
     backend: str = "museval",
     save_estimates: bool = False,
     overwrite: bool = False,
-    device: str | torch.device | None = None,
-    batch_size: int = 1,
     win: float = 1.0,
     hop: float = 1.0,
     tag: Mapping[str, Any] | None = None,
@@ -181,13 +144,11 @@ def evaluate(
         tracks: the tracks to evaluate (full length).
         sources: the data's sources; must equal `separator.sources` (same order).
         out_dir: evaluation folder (see the module docstring for its layout).
-        segment, overlap: chunked inference (seconds; fraction in [0, 1)). None: whole tracks.
+        inference: chunking, shifts and the device where the separator (and the fast
+            backend) run (default `InferenceSettings()`: conf/inference/default.yaml).
         backend: "museval" (reference) or "fast".
         save_estimates: also write the estimates as float32 WAV.
         overwrite: re-evaluate tracks whose JSON already exists (default: skip them).
-        device: where the separator (and the fast backend) run; None or "auto" picks CUDA
-            when available.
-        batch_size: segments per forward call.
         win, hop: BSSEval frame length and hop in seconds (SiSEC18: 1 and 1).
         tag: provenance stored in every JSON under "mss"; its "separator" entry must match on
             resume, so that scores of two different separators are never mixed.
@@ -202,18 +163,23 @@ def evaluate(
     names = [t.name for t in tracks]
     if len(set(names)) != len(names):
         raise ConfigError(f"track names must be unique, got {names}")
-    check_separator(separator, sources, tracks[0].sample_rate, tracks[0].channels)
+    contract = check_separator(separator, sources, tracks[0].sample_rate, tracks[0].channels)
     for track in tracks:
         if track.sample_rate != tracks[0].sample_rate or track.channels != tracks[0].channels:
             raise ConfigError(
                 f"track {track.name!r} is {track.sample_rate} Hz / {track.channels} ch, unlike "
                 f"{tracks[0].name!r} ({tracks[0].sample_rate} Hz / {tracks[0].channels} ch)"
             )
-    device = resolve_device(device)
+    inference = inference or InferenceSettings()
+    device = resolve_device(inference.device)
     scorer = get_backend(backend, device=str(device))
-    if segment is not None and getattr(separator, "whole_track", False):
-        log.info("%s separates whole tracks: segment=%s ignored", type(separator).__name__, segment)
-        segment = None
+    if inference.segment is not None and contract.whole_track:
+        log.info(
+            "%s separates whole tracks: segment=%s ignored",
+            type(separator).__name__,
+            inference.segment,
+        )
+        inference = replace(inference, segment=None)
     separator = separator.eval().to(device)
     out_dir = Path(out_dir)
     (out_dir / "tracks").mkdir(parents=True, exist_ok=True)
@@ -239,8 +205,9 @@ def evaluate(
                 "hop": float(hop),
                 "sample_rate": track.sample_rate,
                 "num_frames": track.num_frames,
-                "segment": segment,
-                "overlap": overlap,
+                "segment": inference.segment,
+                "overlap": inference.overlap,
+                "shifts": inference.shifts,
                 **(dict(tag) if tag else {}),
             }
             reuse = json_path.is_file() and not overwrite
@@ -258,8 +225,8 @@ def evaluate(
                 skipped += 1
             else:
                 _evaluate_track(
-                    separator, track, sources, json_path, estimates_dir, segment, overlap,
-                    scorer, win, hop, batch_size, device, meta,
+                    separator, track, sources, json_path, estimates_dir, inference, scorer,
+                    win, hop, device, meta,
                 )  # fmt: skip
                 scores, found = read_track_json(json_path)
             track_scores[track.name] = scores
@@ -311,9 +278,8 @@ def build_separator(cfg) -> tuple[nn.Module, str]:
             "pretrained model)"
         )
     separator = instantiate(model_cfg)
-    if not (
-        getattr(separator, "trainable", True) is False or getattr(separator, "pretrained", False)
-    ):
+    contract = check_separator(separator)
+    if contract.trainable and not contract.pretrained:
         raise ConfigError(
             f"model {type(separator).__name__} is trainable and has no pretrained weights, so "
             "it would be evaluated with random weights; train it first and pass ckpt=PATH"
@@ -346,13 +312,10 @@ def evaluate_from_config(cfg) -> Summary:
         tracks,
         datamodule.sources,
         cfg.output_dir,
-        segment=cfg.segment,
-        overlap=cfg.overlap,
+        inference=InferenceSettings.from_config(cfg),
         backend=metrics.backend,
         save_estimates=cfg.save_estimates,
         overwrite=cfg.overwrite,
-        device=cfg.device,
-        batch_size=cfg.get("batch_size", 1),
         win=metrics.get("win", 1.0),
         hop=metrics.get("hop", 1.0),
         tag={"separator": origin, "split": cfg.split},

@@ -17,7 +17,9 @@ from mss.callbacks.finite_guard import NonFiniteGuard
 from mss.callbacks.rng_state import RNGState
 from mss.data.datasets import TrackSampler
 from mss.errors import ConfigError
+from mss.inference import InferenceSettings
 from mss.metrics.usdr import EPS as USDR_EPS
+from mss.models._contract import check_separator
 
 
 def ignore_sync_dist_advice() -> None:
@@ -80,13 +82,13 @@ class SeparationModule(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         scheduler_monitor: str = "val/loss",
-        valid_segment: float | None = 10.0,
-        valid_overlap: float = 0.25,
+        valid_segment: float | None = InferenceSettings.segment,
+        valid_overlap: float = InferenceSettings.overlap,
         net_config: str | None = None,
     ) -> None:
         super().__init__()
         trainable = any(p.requires_grad for p in net.parameters())
-        if not getattr(net, "trainable", True) or not trainable:
+        if not check_separator(net).trainable or not trainable:
             raise ConfigError(
                 f"{type(net).__name__} has no trainable parameters: it is a fixed baseline. "
                 "Evaluate it directly with `python eval.py model=<name>`."

@@ -47,3 +47,43 @@ def test_debug_config_builds(debug, tmp_path):
 def test_lr_search_sweeps_and_names_its_metric(tmp_path):
     cfg = compose_train(["hparams_search=lr", f"paths.output_dir={tmp_path}"])
     assert cfg.optimized_metric == "val/loss"
+
+
+def test_one_set_of_inference_settings_for_every_entry_point():
+    """conf/inference/default.yaml and InferenceSettings carry the same defaults, and train.py
+    (validation, test=true) and eval.py read them from that one group."""
+    from dataclasses import fields
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mss.inference import InferenceSettings
+
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "inference" / "default.yaml"))
+    assert yaml == InferenceSettings().to_dict()
+    assert sorted(yaml) == sorted(f.name for f in fields(InferenceSettings))
+
+    cfg = compose_train(["inference.segment=3.5", "inference.overlap=0.5"])
+    assert (cfg.module.valid_segment, cfg.module.valid_overlap) == (3.5, 0.5)
+    assert InferenceSettings.from_config(cfg.inference).segment == 3.5
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        evaluation = compose(config_name="eval", overrides=["segment=2.5", "shifts=2"])
+    settings = InferenceSettings.from_config(evaluation)
+    assert (settings.segment, settings.shifts, settings.overlap) == (2.5, 2, 0.25)
+
+
+def test_inference_settings_refuse_bad_values():
+    from mss.errors import ConfigError
+    from mss.inference import InferenceSettings, resolve_device
+
+    for bad in ({"overlap": 1.0}, {"segment": 0}, {"batch_size": 0}, {"shifts": -1}):
+        with pytest.raises(ConfigError, match=f"inference.{next(iter(bad))}"):
+            InferenceSettings(**bad)
+    assert str(resolve_device("cpu")) == "cpu"
+    with pytest.raises(ConfigError, match="device=gpu7: not a device name"):
+        resolve_device("gpu7")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")

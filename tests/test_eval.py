@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mss.data.index import index_tracks
 from mss.data.toy import make_toy_dataset
 from mss.evaluate import evaluate, evaluate_from_config
+from mss.inference import InferenceSettings
 from mss.metrics import METRICS
 from mss.metrics.museval_json import read_track_json
 
@@ -148,8 +149,8 @@ def assert_same_frames(ours_path: Path, store: museval.TrackStore, atol: float =
 def test_evaluate_equals_museval_and_writes_everything(pair_tracks, tmp_path):
     out = tmp_path / "eval"
     model = ScaledMixture(PAIR, RATE)
-    summary = evaluate(model, pair_tracks, PAIR, out, segment=0.7, overlap=0.25,
-                       save_estimates=True, device="cpu")  # fmt: skip
+    summary = evaluate(model, pair_tracks, PAIR, out, InferenceSettings(0.7, device="cpu"),
+                       save_estimates=True)  # fmt: skip
 
     stores, medians = museval_reference(pair_tracks, PAIR, lambda mix, s: 0.5 * mix + 0.5 * mix**2)
     for track, store in zip(pair_tracks, stores, strict=True):
@@ -181,28 +182,28 @@ def test_resume_skips_finished_tracks(pair_tracks, tmp_path, cheap_scorer):
     out = tmp_path / "eval"
     model = ScaledMixture(PAIR, RATE, scale=0.3)
     ScaledMixture.calls = 0
-    first = evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, device="cpu")
+    first = evaluate(model, pair_tracks, PAIR, out, InferenceSettings(None, device="cpu"))
     assert ScaledMixture.calls == 2  # one whole-track call per track
     done = out / "tracks" / "toy-test-00.json"
     (out / "tracks" / "toy-test-01.json").unlink()
     mtime = done.stat().st_mtime_ns
 
-    again = evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, device="cpu")
+    again = evaluate(model, pair_tracks, PAIR, out, InferenceSettings(None, device="cpu"))
     assert ScaledMixture.calls == 3  # only the missing track was separated again
     assert done.stat().st_mtime_ns == mtime
     assert again.table().equals(first.table())
 
-    evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, overwrite=True)
+    evaluate(model, pair_tracks, PAIR, out, InferenceSettings(None), overwrite=True)
     assert ScaledMixture.calls == 5 and done.stat().st_mtime_ns != mtime
 
     # asking for estimates that the earlier run did not write separates again, once
-    evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, save_estimates=True)
+    evaluate(model, pair_tracks, PAIR, out, InferenceSettings(None), save_estimates=True)
     assert ScaledMixture.calls == 7 and (out / "estimates" / "toy-test-01" / "vocals.wav").is_file()
-    evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25, save_estimates=True)
+    evaluate(model, pair_tracks, PAIR, out, InferenceSettings(None), save_estimates=True)
     assert ScaledMixture.calls == 7
 
     with pytest.raises(ValueError, match="different evaluation.*separator"):
-        evaluate(model, pair_tracks, PAIR, out, segment=None, overlap=0.25,
+        evaluate(model, pair_tracks, PAIR, out, InferenceSettings(None),
                  tag={"separator": "another"})  # fmt: skip
 
 
@@ -210,24 +211,31 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(pair_tracks, tmp_pat
     out = tmp_path / "eval"
     Failing.calls = 0
     with pytest.raises(KeyboardInterrupt):
-        evaluate(Failing(PAIR, RATE), pair_tracks, PAIR, out, segment=None, overlap=0.0)
+        evaluate(Failing(PAIR, RATE), pair_tracks, PAIR, out, InferenceSettings(None, 0.0))
     assert sorted(p.name for p in (out / "tracks").iterdir()) == ["toy-test-00.json"]
     ScaledMixture.calls = 0
-    evaluate(ScaledMixture(PAIR, RATE), pair_tracks, PAIR, out, segment=None, overlap=0.0)
+    evaluate(ScaledMixture(PAIR, RATE), pair_tracks, PAIR, out, InferenceSettings(None, 0.0))
     assert ScaledMixture.calls == 1
+
+
+WHOLE = InferenceSettings(None, 0.0)
 
 
 def test_separator_must_match_the_data(pair_tracks, tmp_path):
     with pytest.raises(ValueError, match=r"separates into \['accompaniment', 'vocals'\]"):
-        evaluate(ScaledMixture(PAIR[::-1], RATE), pair_tracks, PAIR, tmp_path, None, 0.0)
+        evaluate(ScaledMixture(PAIR[::-1], RATE), pair_tracks, PAIR, tmp_path, WHOLE)
     with pytest.raises(ValueError, match="44100 Hz but the data is at 8000 Hz"):
-        evaluate(ScaledMixture(PAIR, 44100), pair_tracks, PAIR, tmp_path, None, 0.0)
+        evaluate(ScaledMixture(PAIR, 44100), pair_tracks, PAIR, tmp_path, WHOLE)
     with pytest.raises(ValueError, match="expects 1 channel"):
         evaluate(
-            ScaledMixture(PAIR, RATE, audio_channels=1), pair_tracks, PAIR, tmp_path, None, 0.0
+            ScaledMixture(PAIR, RATE, audio_channels=1),
+            pair_tracks,
+            PAIR,
+            tmp_path,
+            InferenceSettings(None, 0.0),
         )
     with pytest.raises(ValueError, match="no tracks"):
-        evaluate(ScaledMixture(PAIR, RATE), [], PAIR, tmp_path, None, 0.0)
+        evaluate(ScaledMixture(PAIR, RATE), [], PAIR, tmp_path, InferenceSettings(None, 0.0))
 
 
 # ------------------------------------------------------------------ config and command line
@@ -359,7 +367,7 @@ class WholeTrack(ScaledMixture):
 def test_whole_track_separators_ignore_the_segment(pair_tracks, tmp_path, cheap_scorer):
     model = WholeTrack(PAIR, RATE)
     WholeTrack.calls = 0
-    evaluate(model, pair_tracks, PAIR, tmp_path / "eval", segment=0.25, overlap=0.25, device="cpu")
+    evaluate(model, pair_tracks, PAIR, tmp_path / "eval", InferenceSettings(0.25, device="cpu"))
     assert WholeTrack.calls == len(pair_tracks)  # one call per track, not one per chunk
     _, found = read_track_json(tmp_path / "eval" / "tracks" / f"{pair_tracks[0].name}.json")
     assert found["segment"] is None  # the provenance says what was done

@@ -266,3 +266,22 @@ def test_hdemucs_wrapper_equals_torchaudio():
     mix = torch.randn(1, 2, 5000)
     with torch.no_grad():
         assert torch.equal(model(mix), reference(mix))
+
+
+def test_the_contract_is_read_in_one_place():
+    from mss.errors import ConfigError
+    from mss.models._contract import SeparationModel, check_separator
+    from mss.models.dsp import HPSSRepet
+
+    dsp = HPSSRepet(sources=["drums", "bass", "other", "vocals"], sample_rate=44100)
+    contract = check_separator(dsp, ["drums", "bass", "other", "vocals"], 44100, 2)
+    assert (contract.trainable, contract.whole_track, contract.pretrained) == (False, True, False)
+    assert isinstance(dsp, SeparationModel)
+    with pytest.raises(ConfigError, match=r"separates into \['drums'"):
+        check_separator(dsp, ["vocals", "accompaniment"])
+    with pytest.raises(ConfigError, match="works at 44100 Hz but the data is at 48000 Hz"):
+        check_separator(dsp, sample_rate=48000)
+    with pytest.raises(ConfigError, match="expects 2 channel"):
+        check_separator(dsp, channels=1)
+    with pytest.raises(ConfigError, match="Linear does not declare sources, sample_rate"):
+        check_separator(torch.nn.Linear(1, 1))
