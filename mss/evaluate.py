@@ -39,10 +39,10 @@ from mss.metrics.museval_json import read_track_json, write_track_json
 from mss.metrics.report import print_summary, save_summary
 from mss.metrics.usdr import usdr
 from mss.models._contract import check_separator
+from mss.separator import model_from_config
 from mss.utils.paths import ensure_writable_dir
 
 __all__ = [
-    "build_separator",
     "evaluate",
     "evaluate_from_config",
     "select_tracks",
@@ -251,42 +251,6 @@ def select_tracks(tracks: Sequence[Track], names: Sequence[str] | None) -> list[
     return [by_name[str(n)] for n in names]
 
 
-def build_separator(cfg) -> tuple[nn.Module, str]:
-    """The separator an eval config asks for, and a string saying where it came from.
-
-    `ckpt=PATH` rebuilds it from a training checkpoint; `model=<name>` instantiates a separator
-    that needs no training (DSP baselines, `trainable = False`) or carries its own weights
-    (`pretrained = True`). A trainable model without a checkpoint is refused: its scores would
-    be those of random weights.
-    """
-    from hydra.utils import instantiate
-
-    ckpt, model_cfg = cfg.get("ckpt"), cfg.get("model")
-    if ckpt and model_cfg is not None:
-        raise ConfigError(
-            "give either ckpt=PATH or model=<name>, not both: a checkpoint rebuilds its own model"
-        )
-    if ckpt:
-        from mss.checkpoint import load_separator
-
-        allowed = list(cfg.get("allowed_targets") or [])
-        return load_separator(ckpt, allowed_targets=allowed), f"ckpt:{Path(ckpt).resolve()}"
-    if model_cfg is None:
-        raise ConfigError(
-            "nothing to evaluate: pass ckpt=PATH (a checkpoint written by train.py), or "
-            "model=<name> for a separator that needs no training (a DSP baseline or a "
-            "pretrained model)"
-        )
-    separator = instantiate(model_cfg)
-    contract = check_separator(separator)
-    if contract.trainable and not contract.pretrained:
-        raise ConfigError(
-            f"model {type(separator).__name__} is trainable and has no pretrained weights, so "
-            "it would be evaluated with random weights; train it first and pass ckpt=PATH"
-        )
-    return separator, f"model:{model_cfg.get('_target_', type(separator).__name__)}"
-
-
 def evaluate_from_config(cfg) -> Summary:
     """Run the evaluation that an eval config (conf/eval.yaml) describes; print and return it."""
     from hydra.utils import instantiate
@@ -296,7 +260,7 @@ def evaluate_from_config(cfg) -> Summary:
     # The output folder and the separator first: a wrong path fails before any data is
     # indexed or generated.
     ensure_writable_dir(cfg.output_dir, "output_dir")
-    separator, origin = build_separator(cfg)
+    separator, origin = model_from_config(cfg)
     datamodule = instantiate(cfg.data)
     # a wrong model/data pair fails before any data is generated or read
     check_separator(separator, datamodule.sources, datamodule.sample_rate)

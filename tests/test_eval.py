@@ -311,10 +311,10 @@ def test_eval_from_config_checkpoint_path(pair_root, tmp_path, monkeypatch, chea
 @pytest.mark.parametrize(
     "overrides, model, message",
     [
-        ([], None, "nothing to evaluate: pass ckpt=PATH"),
-        (["ckpt=x.ckpt"], MODEL, "either ckpt=PATH or model=<name>, not both"),
+        ([], None, "no separator given: pass ckpt=PATH"),
+        (["ckpt=x.ckpt"], MODEL, "give one of ckpt=PATH, onnx=PATH or model=<name>, not ckpt"),
         (["model=simple_demucs", "model.channels=4", "model.lstm_layers=1"], None,
-         "trainable and has no pretrained weights"),
+         "trainable and has no pretrained weights, so it would run with random"),
         (["split=train"], MODEL, "split must be 'test' or 'valid'"),
         (["tracks=[nope]"], MODEL, r"unknown track\(s\) \['nope'\]"),
         (["split=valid", "tracks=[toy-test-00]"], MODEL, "unknown track"),
