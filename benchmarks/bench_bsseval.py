@@ -2,24 +2,35 @@
 
     python benchmarks/bench_bsseval.py --root /work/bench_data/bench60            # 60 s tracks
     python benchmarks/bench_bsseval.py --root ROOT --track NAME --seconds 30 --rounds 2
+    python benchmarks/bench_bsseval.py --agreement --toy data/toy --estimates hpss_repet
+    python benchmarks/bench_bsseval.py --agreement --root ROOT --tracks 2 --exact
 
-Tracks come from a MUSDB18-HQ-layout folder (e.g. rendered by ``shared/bench/make_bench.py``);
-the first ``--tracks`` tracks of ``test/`` are used, ``--seconds`` from ``--offset``.
-Estimates are made from the references:
+Tracks come from a MUSDB18-HQ-layout folder (e.g. rendered by ``shared/bench/make_bench.py``,
+or the embedded toy set, generated into ``--toy ROOT`` as ``conf/data/toy.yaml`` makes it);
+the first ``--tracks`` tracks of ``test/`` are used (``--tracks 0``: all), ``--seconds`` from
+``--offset``. Estimates:
 
 - ``leak`` (default): each stem plus 0.1 x the other stems plus white noise at -40 dB of the
   stem (seeded), so that every metric is in a realistic range;
 - ``mixture``: the mixture / 4 as every estimate (SiSEC's "mixture as estimate" baseline). It
-  is exactly a mix of the references, so its SAR is rounding noise (see `differences`).
+  is exactly a mix of the references, so its SAR is rounding noise (see `differences`);
+- ``hpss_repet``: the HPSS + REPET-SIM baseline's separation of the mixture file, whole track
+  in one call as ``eval.py model=hpss_repet`` does it (float32 audio in and out).
 
-Each measurement runs in a fresh process (``--child``), which loads the audio, records its
-resident memory, runs the evaluation once (SiSEC18 protocol: ``win = hop = 1 s``) and
-reports wall and CPU seconds and its peak RSS (``VmHWM``), so the memory of one
+Speed (default): each measurement runs in a fresh process (``--child``), which loads the
+audio, records its resident memory, runs the evaluation once (SiSEC18 protocol: ``win = hop =
+1 s``) and reports wall and CPU seconds and its peak RSS (``VmHWM``), so the memory of one
 method does not hide in another's. Per round, per track: museval (``museval.evaluate``), the
 fast path with all metrics, and the fast path with SDR only. Printed: times, peak RSS, speed
 ratios, and the largest absolute difference from museval per metric over finite frames, with
 a check that the NaN frames are the same (frames above 100 dB in both, rounding noise in
 museval too, are counted apart: see `differences`).
+
+Agreement (``--agreement``): both backends in this process on every chosen track, then per
+metric the largest |fast - museval| over all frames, how many frames differ by more than
+0.01 dB, and the SiSEC18 summary (median over frames, then over tracks) of each with its
+difference. ``--exact`` adds the exact BSSEval of ``tests/bsseval_reference.py`` (long-double
+least squares; minutes per track) and how far each backend is from it.
 
 The thread count is torch's default unless ``--threads`` is given (it then also limits
 OpenBLAS, which museval's LU uses). On a shared machine run it more than once (``--rounds``):
@@ -61,11 +72,31 @@ def load(
     if estimates == "mixture":
         mixture = references.sum(0) / len(SOURCES)
         return references, np.broadcast_to(mixture, references.shape).copy()
+    if estimates == "hpss_repet":
+        import torch
+
+        from mss.models.dsp.hpss_repet import HPSSRepet
+
+        mixture, rate = sf.read(track / "mixture.wav", dtype="float32", always_2d=True)
+        start = int(offset * rate)
+        mixture = mixture[start : start + references.shape[1]]
+        with torch.no_grad():
+            separated = HPSSRepet(SOURCES, rate)(torch.from_numpy(mixture.T.copy())[None])[0]
+        return references, separated.transpose(1, 2).double().numpy()
     rng = np.random.default_rng(seed)
     others = references.sum(0, keepdims=True) - references
     rms = np.sqrt((references**2).mean(axis=(1, 2), keepdims=True))
     noise = 0.01 * rms * rng.standard_normal(references.shape)
     return references, references + 0.1 * others + noise
+
+
+def _fast_bss_eval_track():
+    """mss's fast BSSEval of one track (under its former name too, to measure old commits)."""
+    try:
+        from mss.metrics.bsseval import bss_eval_track
+    except ImportError:
+        from mss.metrics.bsseval import evaluate_track as bss_eval_track
+    return bss_eval_track
 
 
 def peak_rss_mb() -> float:
@@ -100,7 +131,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         import torch
 
-        from mss.metrics.bsseval import evaluate_track
+        bss_eval_track = _fast_bss_eval_track()
 
         if args.threads:  # (museval's child never imports torch)
             torch.set_num_threads(args.threads)
@@ -108,10 +139,10 @@ def child(args: argparse.Namespace) -> None:
         # in that second, which only warns).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            evaluate_track(references[:, :rate], estimates[:, :rate], SOURCES, rate, rate)
+            bss_eval_track(references[:, :rate], estimates[:, :rate], SOURCES, rate, rate)
         sdr_only = args.child == "fast-sdr"
         wall, cpu = time.perf_counter(), time.process_time()
-        result = evaluate_track(
+        result = bss_eval_track(
             references, estimates, SOURCES, rate, rate, sdr_only=sdr_only, device=args.device
         )
         if args.device and args.device.startswith("cuda"):
@@ -165,14 +196,116 @@ def differences(fast: dict, reference: dict) -> dict[str, str]:
     return out
 
 
+def _markdown(frame, fmt: str) -> str:
+    """A pandas DataFrame as a markdown table (without the optional `tabulate`)."""
+    lines = ["| source | " + " | ".join(frame.columns) + " |"]
+    lines.append("|---|" + "---:|" * len(frame.columns))
+    for name, row in frame.iterrows():
+        lines.append(f"| {name} | " + " | ".join(fmt.format(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _frame_table(scores: dict, sources: list[str], metrics) -> dict[str, np.ndarray]:
+    """`{track: {source: {metric: [F]}}}` -> `{metric: [frames of every track and source]}`."""
+    return {m: np.concatenate([scores[t][s][m] for t in scores for s in sources]) for m in metrics}
+
+
+def _compare(name: str, got: dict, want: dict, metrics) -> None:
+    """Print one markdown table: how far `got` is from `want`, frame by frame."""
+    print(f"\n{name}")
+    print("| metric | max abs diff (dB) | frames > 0.01 dB | frames compared | NaN frames |")
+    print("|---|---:|---:|---:|---|")
+    any_far = None
+    for metric in metrics:
+        a, b = got[metric], want[metric]
+        both = np.isfinite(a) & np.isfinite(b)
+        same_nan = np.array_equal(np.isnan(a), np.isnan(b))
+        diff = np.where(both, np.abs(a - b), np.where(a == b, 0.0, np.inf))  # same inf: equal
+        diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
+        far = diff > 0.01
+        any_far = far if any_far is None else any_far | far
+        worst = np.max(diff[both]) if both.any() else float("nan")
+        print(
+            f"| {metric} | {worst:.2g} | {far.sum()} | {both.sum()} of {a.size} | "
+            f"{'same' if same_nan else 'DIFFER'} ({np.isnan(b).sum()}) |"
+        )
+    print(f"(source, frame) pairs with any metric > 0.01 dB apart: {any_far.sum()} of {a.size}")
+
+
+def agreement(tracks: list[Path], args: argparse.Namespace) -> None:
+    """Both backends (and optionally the exact BSSEval) on every track; frame and summary
+    differences."""
+    import time
+    import warnings
+
+    from mss.metrics import get_backend, summarize, usdr
+    from mss.metrics.protocol import METRICS
+
+    rate = 44100
+    backends = {"museval": get_backend("museval"), "fast": get_backend("fast")}
+    exact_scores = None
+    if args.exact:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.bsseval_reference import scores as exact_scores
+    scores = {kind: {} for kind in [*backends, *(["exact"] if args.exact else [])]}
+    track_usdr = {}
+    print("| track | frames | museval s | fast s |" + (" exact s |" if args.exact else ""))
+    print("|---|---:|---:|---:|" + ("---:|" if args.exact else ""))
+    for track in tracks:
+        references, estimates = load(track, args.offset, args.seconds, args.estimates, args.seed)
+        seconds = {}
+        for kind, backend in backends.items():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                start = time.perf_counter()
+                scores[kind][track.name] = backend(
+                    references, estimates, SOURCES, rate, rate, track_name=track.name
+                )
+                seconds[kind] = time.perf_counter() - start
+            for warning in caught:
+                print(f"# {kind} warned: {warning.message}")
+        if exact_scores is not None:
+            start = time.perf_counter()
+            table = exact_scores(references, estimates, rate, rate)
+            seconds["exact"] = time.perf_counter() - start
+            scores["exact"][track.name] = {
+                s: {m: table[m][j] for m in METRICS} for j, s in enumerate(SOURCES)
+            }
+        track_usdr[track.name] = dict(zip(SOURCES, usdr(references, estimates), strict=True))
+        frames = len(scores["fast"][track.name][SOURCES[0]]["SDR"])
+        print(
+            f"| {track.name} | {frames} | " + " | ".join(f"{seconds[k]:.1f}" for k in scores) + " |"
+        )
+
+    frames = {kind: _frame_table(values, SOURCES, METRICS) for kind, values in scores.items()}
+    _compare("fast against museval", frames["fast"], frames["museval"], METRICS)
+    if args.exact:
+        _compare("museval against the exact BSSEval", frames["museval"], frames["exact"], METRICS)
+        _compare("fast against the exact BSSEval", frames["fast"], frames["exact"], METRICS)
+
+    summaries = {
+        kind: summarize(values, track_usdr, SOURCES).sisec18 for kind, values in scores.items()
+    }
+    for kind, summary in summaries.items():
+        print(f"\nSiSEC18 summary, {kind} (median over frames, then over tracks; dB)")
+        print(_markdown(summary, "{:.4f}"))
+    for kind in [k for k in summaries if k != "museval"]:
+        diff = summaries[kind] - summaries["museval"]
+        print(f"\nSiSEC18 summary, {kind} - museval (dB)")
+        print(_markdown(diff, "{:+.2g}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, help="MUSDB18-HQ-layout folder (uses test/)")
     parser.add_argument("--track", help="track folder name (default: the first --tracks)")
-    parser.add_argument("--tracks", type=int, default=1)
+    parser.add_argument("--toy", type=Path, help="use the toy set here (generated if needed)")
+    parser.add_argument("--tracks", type=int, default=1, help="0: every test track")
     parser.add_argument("--offset", type=float, default=0.0, help="start, in seconds")
     parser.add_argument("--seconds", type=float, default=60.0, help="length (default 60)")
-    parser.add_argument("--estimates", choices=["leak", "mixture"], default="leak")
+    parser.add_argument("--estimates", choices=["leak", "mixture", "hpss_repet"], default="leak")
+    parser.add_argument("--agreement", action="store_true", help="frame and summary agreement")
+    parser.add_argument("--exact", action="store_true", help="--agreement: add the exact BSSEval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="0: the libraries' defaults")
@@ -185,12 +318,24 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.toy is not None:
+        from mss.data.toy import ensure_toy_dataset
+
+        args.root = ensure_toy_dataset(args.toy)  # conf/data/toy.yaml's defaults
     if args.root is None:
-        parser.error("--root is required")
+        parser.error("--root or --toy is required")
     if args.track:
         tracks = [args.root / "test" / args.track]
     else:
-        tracks = sorted(p for p in (args.root / "test").iterdir() if p.is_dir())[: args.tracks]
+        tracks = sorted(p for p in (args.root / "test").iterdir() if p.is_dir())
+        tracks = tracks[: args.tracks or None]
+    if args.agreement:
+        print(
+            f"# fast against museval: {len(tracks)} track(s) of {args.root}, up to "
+            f"{args.seconds:g} s from {args.offset:g} s, estimates: {args.estimates}"
+        )
+        agreement(tracks, args)
+        return
 
     # torch is not imported here: children fork from this process (see peak_rss_mb).
     print(f"# BSSEval v4, {args.seconds:g} s x 4 stereo stems at 44.1 kHz, win = hop = 1 s")

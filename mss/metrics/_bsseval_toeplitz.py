@@ -9,11 +9,13 @@ estimate for four stereo stems).
 
 Levinson is only weakly stable: its error grows with the conditioning of every leading section
 of T, not only T's. On broadband music it stays small (1e-4 relative or less, measured on the
-rendered benchmark tracks), but on tonal references whose only broadband content is 16-bit
-quantisation noise (the toy set, condition numbers about 1e11) it was off by 10-100 % while its
-residual looked fine (5e-11 of ||T|| ||x||), which moved SIR by up to 8.6 dB. Hence
-`solve_block_toeplitz` checks the *solution*: refinement steps must shrink to 1e-6 of it, or the
-system goes to a dense Cholesky solve, which is backward stable like museval's LU.
+rendered benchmark tracks), but on the toy set, whose stems are panned mono parts (two channels
+equal up to 16-bit rounding: the m x m blocks themselves have condition numbers about 1e8), it
+was off by 10-100 % while its residual looked fine (5e-11 of ||T|| ||x||), which moved SIR by up
+to 8.6 dB. Two remedies: the recursion runs in the channel basis where `R[0]` is the identity
+(`_channel_whitening`), which brings it back within 1e-4 there, and `solve_block_toeplitz`
+checks the *solution*: iterative-refinement steps must shrink below 1e-6 of it, or the system
+goes to a dense Cholesky solve, which is backward stable like museval's LU.
 
 Where T is singular to float64 precision (condition number above 1e15: the tail of its spectrum
 is rounding noise), no float64 solve is determined by the data, museval's included: perturbing
@@ -55,7 +57,7 @@ EPS = float(np.finfo(float).eps)
 # it (per right-hand side). Converged refinement stalls at the float64 noise floor, 1e-8 to 1e-7
 # on the Gram matrices measured; a step of 1e-6 leaves an error about 1e-7 of the solution.
 REFINE_TOL = 1e-6
-# Refinement steps tried before the dense solve (on the benchmark tracks: 2).
+# Refinement steps tried before the dense solve (1 or 2 on the toy set and the benchmark tracks).
 MAX_REFINE = 4
 
 COND_LIMIT = 1e15
@@ -103,12 +105,38 @@ def _relative_size(step: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.max(np.where(np.isfinite(ratio), ratio, np.inf), axis=-1)
 
 
+def _channel_whitening(first: np.ndarray) -> np.ndarray:
+    """`W[n, m, m]` with `W^T R[0] W = I` for each `first[n] = R[0]` (eigenvalues floored).
+
+    Levinson's first step inverts R[0]: where two channels are nearly proportional (a panned
+    mono stem, equal up to 16-bit rounding: cond(R[0]) about 1e8), every step inherits that
+    conditioning and the recursion loses most of its digits. In the channel basis that makes R[0]
+    the identity, the same recursion stayed within 1e-5 of a dense solve on the toy set.
+    """
+    values, vectors = np.linalg.eigh(first)
+    top = np.maximum(values[..., -1:], np.finfo(float).tiny)
+    return vectors / np.sqrt(np.maximum(values, top * EPS))[..., None, :]
+
+
 def _refined_levinson(blocks: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Levinson solutions of `[n, L, m, m]` systems, refined; also which ones converged."""
+    """Levinson solutions of `[n, L, m, m]` systems, refined; also which ones converged.
+
+    The recursion runs on the congruent system `(I x W)^T T (I x W)` (`_channel_whitening`);
+    residuals are taken on T itself, so the refinement converges to T's solution.
+    """
     n = len(blocks)
     converged = np.zeros(n, dtype=bool)
+    whitening = _channel_whitening(blocks[:, 0])[:, None]  # [n, 1, m, m]
+    whitening_t = np.swapaxes(whitening, -1, -2)
+    white_blocks = whitening_t @ blocks @ whitening
+
+    def approximate_solve(index: np.ndarray, y: np.ndarray) -> np.ndarray:
+        solved = block_levinson(white_blocks[index], whitening_t[index] @ y)
+        return whitening[index] @ solved
+
+    everything = np.arange(n)
     try:
-        x = block_levinson(blocks, rhs)
+        x = approximate_solve(everything, rhs)
     except np.linalg.LinAlgError:  # a singular leading block
         return np.zeros_like(rhs), converged
     active = np.ones(n, dtype=bool)
@@ -117,7 +145,7 @@ def _refined_levinson(blocks: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, 
         index = np.flatnonzero(active)
         residual = rhs[index] - block_toeplitz_matmul(blocks[index], x[index])
         try:
-            step = block_levinson(blocks[index], residual)
+            step = approximate_solve(index, residual)
         except np.linalg.LinAlgError:
             break
         x[index] += step
