@@ -291,12 +291,21 @@ class Separator:
         start = time.perf_counter()
         info = probe(path)
         fmt.check(info.sample_rate, info.channels)
-        # all stems appear when the block ends without an error, none otherwise
-        with StemSetWriter(list(paths.values()), info.sample_rate, info.channels, fmt) as writer:
-            if self.contract.whole_track:
-                frames = self._write_whole(path, weights, writer, progress)
-            else:
-                frames = self._write_streamed(path, info, weights, writer, progress)
+        folder = next(iter(paths.values())).parent
+        made_folder = not folder.exists()
+        try:
+            # all stems appear when the block ends without an error, none otherwise
+            with StemSetWriter(
+                list(paths.values()), info.sample_rate, info.channels, fmt
+            ) as writer:
+                if self.contract.whole_track:
+                    frames = self._write_whole(path, weights, writer, progress)
+                else:
+                    frames = self._write_streamed(path, info, weights, writer, progress)
+        except BaseException:
+            if made_folder and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a failed song leaves no empty folder behind
+            raise
         result.reports = list(writer.reports or [])
         result.duration = frames / info.sample_rate
         result.seconds = time.perf_counter() - start

@@ -105,7 +105,7 @@ def test_train_names_the_file_and_time_of_a_nan_sample(write_tree, tmp_path, mon
     code, err = run_entry_point("train", train_args(root, tmp_path), monkeypatch, capsys)
     line = one_error_line(err, "train")
     assert code == 2
-    assert "train/Song/vocals.wav: NaN sample at 0.250 s (frame 11025, channel 1)" in line
+    assert "train/Song/vocals.wav: NaN sample at 0.250 s (frame 11025, channel 2 of 2)" in line
 
 
 def test_train_names_an_inf_sample_too(write_tree, tmp_path, monkeypatch, capsys):
@@ -113,7 +113,9 @@ def test_train_names_an_inf_sample_too(write_tree, tmp_path, monkeypatch, capsys
     bad[0, 441] = -np.inf
     root = write_tree({"train/Song": {"bass": bad}})
     code, err = run_entry_point("train", train_args(root, tmp_path), monkeypatch, capsys)
-    assert "bass.wav: Inf sample at 0.010 s (frame 441, channel 0)" in one_error_line(err, "train")
+    assert "bass.wav: Inf sample at 0.010 s (frame 441, channel 1 of 2)" in one_error_line(
+        err, "train"
+    )
 
 
 def test_train_on_an_empty_or_missing_root(tmp_path, monkeypatch, capsys):

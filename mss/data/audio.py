@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mss.data.index import DatasetError, Track, check_mono_policy, nonfinite_problem
+from mss.data.index import DatasetError, Track, check_mono_policy
+from mss.io.read import nonfinite_problem
 
 
 def read_audio(
@@ -39,9 +40,9 @@ def read_audio(
             f"{path}: asked for frames {start}:{stop} but got {data.shape[0]} (truncated file?)"
         )
     # a file changed since it was indexed, or a caller that reads without the index
-    nonfinite = nonfinite_problem(data, start, rate)
+    nonfinite = nonfinite_problem(data.T, start, rate)
     if nonfinite:
-        raise DatasetError(f"{path}: {nonfinite}")
+        raise DatasetError(f"{path}: {nonfinite}; fix or remove the file")
     audio = data.T  # [C, T]
     if channels is not None and audio.shape[0] != channels:
         if audio.shape[0] != 1 or mono != "upmix":

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
 from mss.errors import UserError
+from mss.io.read import nonfinite_problem
 
 MONO_POLICIES = ("error", "upmix")
 # Only so many problems are listed in one error; the count of the rest is given.
@@ -37,31 +37,13 @@ FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 _SCAN_FRAMES = 1 << 18
 
 
-def nonfinite_problem(block: np.ndarray, first_frame: int, sample_rate: int) -> str | None:
-    """Where the first NaN or Inf of `block` (`[T, C]`, frames from `first_frame`) is, or None.
-
-    Returns a description such as "NaN sample at 12.345 s (frame 544410, channel 1)".
-    """
-    bad = ~np.isfinite(block)
-    if not bad.any():
-        return None
-    frame, channel = np.argwhere(bad)[0]
-    value = block[frame, channel]
-    kind = "NaN" if np.isnan(value) else "Inf"
-    at = first_frame + int(frame)
-    return (
-        f"{kind} sample at {at / sample_rate:.3f} s (frame {at}, channel {int(channel)}); "
-        "fix or remove the file"
-    )
-
-
 def _scan_nonfinite(path: Path, info) -> str | None:
     """Read a float file block by block and describe its first NaN/Inf sample, if any."""
     if info.subtype not in FLOAT_SUBTYPES:
         return None
     start = 0
     for block in sf.blocks(str(path), blocksize=_SCAN_FRAMES, dtype="float32", always_2d=True):
-        problem = nonfinite_problem(block, start, info.samplerate)
+        problem = nonfinite_problem(block.T, start, info.samplerate)
         if problem:
             return problem
         start += len(block)
@@ -145,7 +127,7 @@ def _index_track(folder: Path, subset: str, stems: Sequence[str], sample_rate: i
                 problems.append(f"{where}: unreadable or corrupt audio file ({err})")
                 continue
             if nonfinite:
-                problems.append(f"{where}: {nonfinite}")
+                problems.append(f"{where}: {nonfinite}; fix or remove the file")
             else:
                 infos[stem] = info
     if problems:

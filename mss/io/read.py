@@ -25,7 +25,7 @@ import soundfile as sf
 
 from mss.errors import AudioFileError
 
-__all__ = ["AudioInfo", "probe", "read_audio", "read_blocks", "MAX_CHANNELS"]
+__all__ = ["AudioInfo", "MAX_CHANNELS", "nonfinite_problem", "probe", "read_audio", "read_blocks"]
 
 MAX_CHANNELS = 2
 DEFAULT_BLOCK_FRAMES = 1 << 16
@@ -148,16 +148,27 @@ def _checked(info: AudioInfo, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarr
 
 
 def _check_finite(info: AudioInfo, block: np.ndarray, offset: int) -> None:
+    problem = nonfinite_problem(block, offset, info.sample_rate)
+    if problem:
+        raise AudioFileError(f"{info.path}: {problem}; the file is corrupt or not audio")
+
+
+def nonfinite_problem(block: np.ndarray, first_frame: int, sample_rate: int) -> str | None:
+    """Where the first NaN or Inf sample of ``block`` ``[C, n]`` is, or None if there is none.
+
+    ``first_frame`` is the file frame of the block's first column. Gives e.g.
+    "NaN sample at 12.345 s (frame 544410, channel 2 of 2)".
+    """
     bad = ~np.isfinite(block)
     if not bad.any():
-        return
+        return None
     frame = int(np.flatnonzero(bad.any(axis=0))[0])
     channel = int(np.flatnonzero(bad[:, frame])[0])
-    value = block[channel, frame]
-    where = offset + frame
-    raise AudioFileError(
-        f"{info.path}: {value} sample at {where / info.sample_rate:.3f} s (frame {where}, "
-        f"channel {channel + 1} of {info.channels}); the file is corrupt or not audio"
+    kind = "NaN" if np.isnan(block[channel, frame]) else "Inf"
+    where = first_frame + frame
+    return (
+        f"{kind} sample at {where / sample_rate:.3f} s (frame {where}, "
+        f"channel {channel + 1} of {block.shape[0]})"
     )
 
 
