@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-seconds", type=float, nargs="+", default=[2.0, 6.0])
     parser.add_argument("--train-steps", type=int, default=10)
-    parser.add_argument("--train-losses", nargs="+", default=["l1", "l1_mrstft"])
+    parser.add_argument("--train-losses", nargs="+", default=["l1", "l1_mrstft", "l1_auraloss"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 

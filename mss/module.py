@@ -64,7 +64,9 @@ class SeparationModule(L.LightningModule):
 
     Args:
         net: the separator.
-        loss: a module `loss(estimate, reference) -> scalar` with `per_source(...) -> [S]`.
+        loss: a module `loss(estimate, reference) -> scalar` with `components(...)` (a dict of
+            the loss and its terms, logged as `train/loss` and `train/loss_<term>`), such as
+            `mss.losses.SeparationLoss`.
         optimizer: factory `optimizer(params) -> Optimizer` (Hydra `_partial_`).
         scheduler: optional factory `scheduler(optimizer) -> LRScheduler`.
         scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
@@ -110,9 +112,13 @@ class SeparationModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         mix, stems = batch
         estimate = self.net(mix)
-        loss = self.loss(estimate, stems)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
-        return loss
+        terms = self.loss.components(estimate, stems)
+        self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=True,
+                 sync_dist=True)  # fmt: skip
+        for name in ("l1", "stft"):
+            if name in terms:
+                self.log(f"train/loss_{name}", terms[name], on_epoch=True, sync_dist=True)
+        return terms["loss"]
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         mix, stems = batch

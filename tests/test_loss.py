@@ -103,7 +103,7 @@ def test_bad_inputs():
         SeparationLoss(SOURCES, hop_sizes=[128])
 
 
-@pytest.mark.parametrize("name", ["l1_mrstft", "l1"])
+@pytest.mark.parametrize("name", ["l1_auraloss", "l1_mrstft", "l1"])
 def test_loss_configs_instantiate(name):
     from pathlib import Path
 
@@ -120,5 +120,70 @@ def test_loss_configs_instantiate(name):
         per_source = (est - ref).abs().mean(dim=(0, 2, 3))
         expected = (weights * per_source).sum() / weights.sum()
         assert torch.allclose(loss(est, ref), expected, rtol=1e-6)
+    elif name == "l1_auraloss":  # the seed report's recipe
+        assert (loss.l1_weight, loss.stft_weight, loss.stft_form) == (0.85, 0.15, "auraloss")
     else:
-        assert loss.l1_weight == 0.85 and loss.stft_weight == 0.15
+        assert (loss.l1_weight, loss.stft_weight, loss.stft_form) == (1.0, 1.0, "complex")
+        assert [r[0] for r in loss.resolutions] == [512, 1024, 2048]
+        assert [r[1] for r in loss.resolutions] == [128, 256, 512]
+
+
+def complex_mrstft_reference(est, ref, sizes=(512, 1024, 2048)):
+    """mean over resolutions of mean|STFT(est_s - ref_s)|, one source and channel at a time."""
+    out = []
+    for s in range(est.shape[1]):
+        per_size = []
+        for n in sizes:
+            mags = [
+                torch.stft(est[b, s, c] - ref[b, s, c], n, n // 4, window=torch.hann_window(n),
+                           normalized=True, return_complex=True).abs()
+                for b in range(est.shape[0])
+                for c in range(est.shape[2])
+            ]  # fmt: skip
+            per_size.append(torch.stack(mags).mean())
+        out.append(torch.stack(per_size).mean())
+    return torch.stack(out)
+
+
+def test_complex_stft_term_is_the_error_spectrogram():
+    est, ref = _pair()
+    loss = SeparationLoss(SOURCES, l1_weight=0.0, stft_weight=1.0, stft_form="complex")
+    torch.testing.assert_close(loss.per_source(est, ref), complex_mrstft_reference(est, ref))
+    terms = loss.components(est, ref)
+    weights = torch.tensor([1.2, 1.2, 1.0, 1.0])
+    expected = (weights * complex_mrstft_reference(est, ref)).sum() / weights.sum()
+    torch.testing.assert_close(terms["stft"], expected)
+    torch.testing.assert_close(terms["loss"], loss(est, ref))
+
+
+def test_complex_form_is_linear_in_the_signal_and_sees_phase():
+    est, ref = _pair()
+    complex_form = SeparationLoss(SOURCES, 1.0, 1.0, stft_form="complex")
+    for k in (0.01, 3.0):  # both terms scale with the signal: neither dominates at any level
+        scaled = complex_form.components(k * est, k * ref)
+        plain = complex_form.components(est, ref)
+        for name in ("l1", "stft"):
+            torch.testing.assert_close(scaled[name], k * plain[name], rtol=1e-5, atol=0)
+    assert complex_form(ref, ref) == 0
+    # a sign flip keeps every magnitude: auraloss's STFT term cannot see it, this one can
+    spectral = SeparationLoss(SOURCES, 0.0, 1.0, stft_form="complex")
+    magnitude = SeparationLoss(SOURCES, 0.0, 1.0, stft_form="auraloss")
+    assert magnitude(-ref, ref) < 1e-3 * spectral(-ref, ref)
+    flipped, silent = float(spectral(-ref, ref)), float(spectral(torch.zeros_like(ref), ref))
+    assert flipped == pytest.approx(2 * silent, rel=1e-5)
+
+
+def test_components_add_up_and_train_under_autocast():
+    est, ref = _pair()
+    est.requires_grad_(True)
+    loss = SeparationLoss(SOURCES, 0.7, 0.3, stft_form="complex")
+    terms = loss.components(est, ref)
+    torch.testing.assert_close(terms["loss"], 0.7 * terms["l1"] + 0.3 * terms["stft"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss(est.bfloat16(), ref.bfloat16())
+    assert low.dtype == torch.float32
+    low.backward()
+    assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
+    assert set(SeparationLoss(SOURCES, 1.0, 0.0).components(est, ref)) == {"l1", "loss"}
+    with pytest.raises(ValueError, match="stft_form"):
+        SeparationLoss(SOURCES, stft_form="phase")
