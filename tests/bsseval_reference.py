@@ -5,8 +5,9 @@ rounding errors that matter when the references are nearly linearly dependent at
 lags (pure tones, 16-bit quantisation noise as the only broadband content):
 
 1. Correlations, exact: every float64 signal is split, without rounding, into pieces of 10 bits
-   on a common binary scale (`_split`); the pieces' correlations are integers below 2^44,
-   which a float64 FFT gets exactly after rounding (checked); they are summed in
+   on a binary scale per channel (`_split`); the pieces' correlations are integers (below 2^44
+   for a 16 s track), which a float64 FFT gets exactly after rounding (checked); they are
+   summed in
    `np.longdouble` (64-bit mantissa on x86). Whole-track correlations give museval's Gram
    matrix `G` (plus its `eps * I`) and right-hand sides `D`; each frame's correlations give the
    frame energies.
@@ -14,12 +15,13 @@ lags (pure tones, 16-bit quantisation noise as the only broadband content):
    factorisation in float64 and residuals in long double. It converges to the exact solution
    (to about `cond(G) * 1e-19` relative) whenever `cond(G) * 1e-16` is well below one, and
    raises `IllConditioned` otherwise: there the answer depends on rounding at the inputs'
-   precision, and no float64 computation, museval's included, can claim it.
+   precision, and no float64 computation, museval's included, can claim it (`ridge=` solves
+   the regularised equations that mss.metrics.bsseval uses there instead).
 3. The frame energies `|p_own|^2, |p_all|^2, <p_own, p_all>, <p_own, s>, <p_all, s_hat>` as
    bilinear forms in the frame's exact lag correlations and the filters' correlations, in long
    double; then SDR, ISR, SIR, SAR exactly as museval's `_bss_crit` (images mode).
 
-Slow (minutes for a 16 s four-stem track): tests use a few seconds of two or three sources.
+Slow (minutes for a 16 s four-stem track): tests use a few seconds of two sources.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def exact_correlations(x: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarray
 
     Returns:
         `np.longdouble [2 max_lag - 1, P, Q]`, each value the exact correlation of the float64
-        inputs rounded once to long double (up to terms below 1e-21 of the peaks' product).
+        inputs rounded to long double (leaving out terms below 1e-21 of the product of the two
+        channels' peaks, per sample).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
