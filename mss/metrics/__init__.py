@@ -1,9 +1,11 @@
 """Evaluation metrics: BSSEval v4 (museval protocol), uSDR, aggregation and reports.
 
 Per track, a backend (`get_backend("museval" | "fast")`) turns `references[S, T, C]` and
-`estimates[S, T, C]` into `scores[source][metric] -> [frames]`; `summarize` aggregates many
-tracks the SiSEC18 way; `write_track_json` stores one museval JSON per track; `save_summary`
-writes the tables and plots.
+`estimates[S, T, C]` into `scores[source][metric] -> [frames]`, both under the rules of
+`mss.metrics.protocol` (padding, silence, the vocals/accompaniment pair); `summarize` aggregates
+many tracks the SiSEC18 way; `write_track_json` stores one museval JSON per track;
+`save_summary` writes the tables and plots. museval itself is imported only by the `museval`
+backend and the JSON functions that need it.
 """
 
 from mss.metrics.aggregate import Summary, frame_medians, nanmedian, summarize
