@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +15,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from mss.apply import separate
+from mss.callbacks.cpu_budget import CPUTimeBudget
 from mss.callbacks.finite_guard import NonFiniteGuard
 from mss.callbacks.rng_state import RNGState
 from mss.data.datasets import TrackSampler
@@ -70,6 +73,10 @@ class SeparationModule(L.LightningModule):
         optimizer: factory `optimizer(params) -> Optimizer` (Hydra `_partial_`).
         scheduler: optional factory `scheduler(optimizer) -> LRScheduler`.
         scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
+        scheduler_interval: "epoch" or "step": when the scheduler steps. A factory that takes
+            `total_steps` or `progress` (`mss.schedules.warmup_cosine`) and is not given them
+            gets the run's horizon: the CPU budget's progress when a `CPUTimeBudget` callback
+            runs, else the trainer's estimated number of optimizer steps.
         valid_segment: seconds per chunk when separating validation tracks (None: whole track).
         valid_overlap: overlap between validation chunks, in [0, 1).
         net_config: the resolved Hydra config that built `net`, as YAML text; saved in the
@@ -83,7 +90,8 @@ class SeparationModule(L.LightningModule):
         loss: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        scheduler_monitor: str = "val/loss",
+        scheduler_monitor: str | None = "val/loss",
+        scheduler_interval: str = "epoch",
         valid_segment: float | None = InferenceSettings.segment,
         valid_overlap: float = InferenceSettings.overlap,
         net_config: str | None = None,
@@ -169,16 +177,40 @@ class SeparationModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.net.parameters())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        if self.hparams.scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(
+                f"module.scheduler_interval must be epoch or step, "
+                f"got {self.hparams.scheduler_interval!r}"
+            )
+        scheduler = self.scheduler_factory(optimizer=optimizer, **self._horizon())
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "monitor": self.hparams.scheduler_monitor,
-                "interval": "epoch",
+                "interval": self.hparams.scheduler_interval,
                 "frequency": 1,
             },
         }
+
+    def _horizon(self) -> dict[str, Any]:
+        """`total_steps` or `progress` for a scheduler factory that wants them and lacks them."""
+        factory = self.scheduler_factory
+        wanted = inspect.signature(factory).parameters
+        given = getattr(factory, "keywords", {})
+        if "progress" in wanted and given.get("progress") is None:
+            budget = next((c for c in self.trainer.callbacks if isinstance(c, CPUTimeBudget)), None)
+            if budget is not None:
+                return {"progress": lambda: budget.used / budget.max_cpu_seconds}
+        if "total_steps" in wanted and given.get("total_steps") is None:
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ConfigError(
+                    "module/scheduler=cosine needs a horizon: set trainer.max_steps or "
+                    "trainer.max_epochs, or add the cpu_budget callback"
+                )
+            return {"total_steps": int(total)}
+        return {}
 
     def configure_callbacks(self) -> list[Callback]:
         # part of training itself, whatever callbacks the config lists
