@@ -220,5 +220,8 @@ class UNet(nn.Module):
         if self.wiener_iterations > 0 and not self.training:
             est = wiener(masks * mag[:, None], spec, self.wiener_iterations, self.wiener_eps)
         else:
-            est = masks * spec[:, None]
+            # Real masks scale the (re, im) pairs: the same numbers as `masks * spec[:, None]`,
+            # in real arithmetic, which the ONNX exporter translates (it has no complex
+            # broadcasting or unsqueeze).
+            est = torch.view_as_complex(masks[..., None] * torch.view_as_real(spec)[:, None])
         return istft(est, self.n_fft, self.hop_length, length).to(mix.dtype)
