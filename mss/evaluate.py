@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +172,7 @@ def evaluate(
     inference = inference or InferenceSettings()
     device = resolve_device(inference.device)
     scorer = get_backend(backend, device=str(device))
-    if inference.segment is not None and contract.whole_track:
-        log.info(
-            "%s separates whole tracks: segment=%s ignored",
-            type(separator).__name__,
-            inference.segment,
-        )
-        inference = replace(inference, segment=None)
+    inference = inference.for_model(contract)
     separator = separator.eval().to(device)
     out_dir = Path(out_dir)
     (out_dir / "tracks").mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,13 @@ def _export_onnx(
         ) from error
     # metadata_props are strings: one JSON text per key, read back by read_metadata
     program.model.metadata_props.update({f"mss.{k}": json.dumps(v) for k, v in metadata.items()})
-    program.save(str(path))
+    try:
+        # one file, so that the atomic rename moves everything (ONNX keeps at most 2 GB in one)
+        program.save(str(path), external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf size and I/O errors
+        raise ExportError(
+            f"{name}: writing the ONNX file failed: {_first_error_line(error)}"
+        ) from error
 
 
 @contextlib.contextmanager
@@ -320,13 +326,20 @@ class ExportedSeparator(nn.Module):
         """Separate segments.
 
         Args:
-            mix (Tensor): [shape=(batch, audio_channels, segment_frames)].
+            mix (Tensor): [shape=(batch, audio_channels, frames)], frames <= segment_frames
+                (shorter input is zero-padded at the end, then cropped).
 
         Returns:
             Tensor: [shape=(batch, len(sources), audio_channels, segment_frames)] float32, on
             the device of `mix`.
         """
         check_mix(mix, self.audio_channels)
+        length = mix.shape[-1]
+        if length < self.segment_frames:
+            # a song shorter than one segment, which mss.apply runs in one call: zero-padded at
+            # the end as mss.apply pads the last segment of a longer song
+            padded = torch.nn.functional.pad(mix, (0, self.segment_frames - length))
+            return self.forward(padded)[..., :length]
         if mix.shape[-1] != self.segment_frames:
             raise ValueError(
                 f"this {self.format} export of {self.model} takes segments of exactly "

@@ -7,8 +7,9 @@ agree, so changing one without the other fails.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -16,6 +17,8 @@ import torch
 from mss.errors import ConfigError
 
 __all__ = ["InferenceSettings", "resolve_device"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,21 @@ class InferenceSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_model(self, contract: Any) -> InferenceSettings:
+        """These settings as a separator's contract allows them: whole songs for those that
+        need them (`whole_track`), the model's own segment for those that take no other
+        length (`segment`, exported models)."""
+        if contract.whole_track and self.segment is not None:
+            log.info("the separator takes whole songs: segment=%s ignored", self.segment)
+            return replace(self, segment=None)
+        if contract.segment is not None and self.segment != contract.segment:
+            log.info(
+                "the separator takes segments of %g s: segment=%s replaced",
+                contract.segment, self.segment,
+            )  # fmt: skip
+            return replace(self, segment=contract.segment)
+        return self
 
     def chunking(self) -> dict[str, Any]:
         """Keyword arguments of `mss.apply.separate` / `separate_stream` but the device."""

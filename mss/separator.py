@@ -165,7 +165,8 @@ class Separator:
         self, model: nn.Module, inference: InferenceSettings | None = None, **settings: Any
     ) -> None:
         self.contract = check_separator(model)
-        self.inference = replace(inference or InferenceSettings(), **settings)
+        inference = replace(inference or InferenceSettings(), **settings)
+        self.inference = inference.for_model(self.contract)
         self.device = resolve_device(self.inference.device)
         self.model = model.eval().to(self.device)
 
@@ -223,11 +224,12 @@ class Separator:
         """`[C, T]` at `rate` -> `[S, C, T]` at `rate`, in one piece."""
         channels, frames = audio.shape
         mix = resample(self._to_model_channels(audio), rate, self.sample_rate)
-        settings = self.inference
-        if self.contract.whole_track:
-            settings = replace(settings, segment=None)
         stems = separate(
-            self.model, mix, sample_rate=self.sample_rate, device=self.device, **settings.chunking()
+            self.model,
+            mix,
+            sample_rate=self.sample_rate,
+            device=self.device,
+            **self.inference.chunking(),
         ).numpy()
         sources, model_channels, _ = stems.shape
         back = resample(stems.reshape(sources * model_channels, -1), self.sample_rate, rate, frames)

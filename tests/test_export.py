@@ -146,8 +146,12 @@ def test_torchscript_metadata_is_plain_json_in_the_archive(exported):
 def test_a_fixed_length_export_refuses_other_lengths(exported, fmt):
     _, path = exported("simple_demucs", fmt)
     model = load_exported(path, trust_code=True)
-    with pytest.raises(ValueError, match=rf"exactly {SEGMENT} frames .*got {SEGMENT - 1}"):
-        model(torch.randn(1, 2, SEGMENT - 1))
+    with pytest.raises(ValueError, match=rf"exactly {SEGMENT} frames .*got {SEGMENT + 1}"):
+        model(torch.randn(1, 2, SEGMENT + 1))
+    # shorter input (a song shorter than one segment) is zero-padded at the end, then cropped
+    short = torch.randn(1, 2, SEGMENT - 100)
+    padded = torch.nn.functional.pad(short, (0, 100))
+    assert torch.equal(model(short), model(padded)[..., : SEGMENT - 100])
     with pytest.raises(ValueError, match="Expected 2 audio channels"):
         model(torch.randn(1, 1, SEGMENT))
 
@@ -265,3 +269,35 @@ def test_exports_are_refused_for_whole_track_separators(tmp_path):
 
     with pytest.raises(ExportError, match="whole track"):
         export_separator(Baseline(), tmp_path / "b.onnx", "onnx", 256)
+
+
+def test_separate_py_runs_an_onnx_export(exported, tmp_path, monkeypatch, capsys):
+    """`separate.py onnx=PATH`: the streamed file path with the export's own segment, equal to
+    the PyTorch separator's chunked result, for songs longer and shorter than a segment."""
+    import soundfile as sf
+
+    from tests.test_cli import run_entry_point
+
+    separator, path = exported("simple_demucs", "onnx")
+    generator = torch.Generator().manual_seed(5)
+    songs = {"long": torch.randn(2, int(2.5 * SEGMENT), generator=generator) * 0.1,
+             "short": torch.randn(2, SEGMENT // 2, generator=generator) * 0.1}  # fmt: skip
+    for name, audio in songs.items():
+        sf.write(tmp_path / f"{name}.wav", audio.T.numpy(), SAMPLE_RATE, subtype="FLOAT")
+    argv = [f"onnx={path}", f"input={tmp_path}", f"output_dir={tmp_path / 'out'}",
+            "segment=3", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    code, err = run_entry_point("separate", argv, monkeypatch, capsys)
+    assert code == 0, err
+    segment = SEGMENT / SAMPLE_RATE  # the export's, whatever segment= says
+    for name, audio in songs.items():
+        if audio.shape[-1] < SEGMENT:
+            # one segment, zero-padded to the export's length: what the export can run (the
+            # PyTorch model would see the song alone; normalize=True makes them differ)
+            padded = torch.nn.functional.pad(audio, (0, SEGMENT - audio.shape[-1]))
+            with torch.no_grad():
+                expected = separator(padded[None])[0, ..., : audio.shape[-1]]
+        else:
+            expected = separate(separator, audio, segment, 0.25, SAMPLE_RATE)
+        for i, source in enumerate(separator.sources):
+            stem, _ = sf.read(tmp_path / "out" / name / f"{source}.wav", dtype="float32")
+            assert max_error(torch.from_numpy(stem.T), expected[i]) <= 1e-4, (name, source)

@@ -27,6 +27,8 @@ class SeparationModel(Protocol):
         whole_track: True when it needs the whole song at once (DSP baselines: no chunking,
             no streaming; default False).
         pretrained: True when it was built with its own trained weights (default False).
+        segment: seconds of input it is built for when it takes no other length (an exported
+            model's fixed input): chunked inference then uses it (default None: any length).
     """
 
     sources: Sequence[str]
@@ -46,6 +48,7 @@ class Contract:
     trainable: bool = True
     whole_track: bool = False
     pretrained: bool = False
+    segment: float | None = None
 
 
 def check_separator(
@@ -75,6 +78,7 @@ def check_separator(
         trainable=bool(getattr(model, "trainable", True)),
         whole_track=bool(getattr(model, "whole_track", False)),
         pretrained=bool(getattr(model, "pretrained", False)),
+        segment=None if getattr(model, "segment", None) is None else float(model.segment),
     )
     if sources is not None and contract.sources != [str(s) for s in sources]:
         raise ConfigError(
