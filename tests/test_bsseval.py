@@ -215,6 +215,14 @@ def test_block_toeplitz_solver_matches_a_dense_solve():
     np.testing.assert_allclose(
         toeplitz.block_toeplitz_matmul(blocks, expected), rhs, rtol=0, atol=1e-9
     )
+    # The inverse's first and last block columns give T^{-1} y for any y (Gohberg-Semencul).
+    other = rng.standard_normal((n_lags, 3, 5))
+    _, first, last = toeplitz.block_levinson(blocks, rhs, inverse=True)
+    np.testing.assert_allclose(
+        toeplitz.gohberg_semencul(first, last, other),
+        np.linalg.solve(dense, other.reshape(-1, 5)).reshape(other.shape),
+        atol=1e-12,
+    )
 
 
 def test_singular_gram_falls_back_to_a_dense_solve():
