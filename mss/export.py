@@ -19,7 +19,9 @@ The time axis is fixed at export, for both formats and every model (tried with t
   because its masks multiply (re, im) pairs and the shared iSTFT is written as irfft +
   overlap-add while exporting (mss/models/_stft.py). hdemucs (torchaudio's HDemucs) does not
   export to ONNX: its complex spectrogram is padded with `aten.pad`, which torch.onnx cannot
-  translate for complex tensors (tests/test_export.py documents it).
+  translate for complex tensors (tests/test_export.py documents it). Nor does unet with
+  `wiener_iterations > 0`: the Wiener filter's complex arithmetic stops at `aten._to_copy`
+  ("No decompositions registered for the complex-valued input").
 - TorchScript: `torch.jit.script` compiles none of the models (list sizes it cannot infer,
   torchaudio's HDemucs arguments); `torch.jit.trace` works for all three, hdemucs included, and
   records one input length. PyTorch 2.14 deprecates TorchScript (FutureWarnings on trace, save
@@ -272,7 +274,7 @@ def _first_error_line(error: BaseException) -> str:
     if len(summary) == 2:
         for line in summary[1].splitlines():
             if line.strip():
-                return line.strip()
+                return re.sub(r"^<class '[\w.]+'>: ", "", line.strip())
     for line in text.splitlines():
         if line.strip():
             return line.strip()
@@ -284,8 +286,10 @@ class ExportedSeparator(nn.Module):
 
     `forward(mix[B, C, segment_frames]) -> stems[B, S, C, segment_frames]` runs onnxruntime or
     the TorchScript module. Attributes as a trained separator: `sources`, `sample_rate`,
-    `audio_channels`, plus `segment` (seconds) and `segment_frames`: the one input length it
-    accepts. Nothing in it trains.
+    `audio_channels`, plus `segment` (seconds) and `segment_frames`: the input length it was
+    exported for. Shorter input (a song shorter than one segment, which mss.apply separates in
+    one call) is zero-padded to it and the stems cropped back; longer input is an error.
+    Nothing in it trains.
     """
 
     trainable = False
