@@ -40,15 +40,18 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
 def train(cfg: DictConfig) -> dict:
     """Fit (and optionally test) the configured separator; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
-    # a wrong checkpoint path fails before anything is built
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir) if cfg.train else None
-
     net = instantiate(cfg.model)
     if not check_separator(net).trainable:
         raise ConfigError(
             f"model {type(net).__name__} is a fixed DSP baseline with nothing to train; "
             "evaluate it with `python eval.py model=<its config name>` (no checkpoint needed)"
         )
+    # a wrong checkpoint path fails before the data is read
+    ckpt_path = (
+        resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
+        if cfg.train and cfg.ckpt_path is not None
+        else None
+    )
     # plain lists, not ListConfig: Lightning saves the data hparams in checkpoints that resume
     # loads with weights_only=True
     datamodule = instantiate(cfg.data, _convert_="all")

@@ -95,7 +95,7 @@ def _fast_bss_eval_track():
     try:
         from mss.metrics.bsseval import bss_eval_track
     except ImportError:
-        from mss.metrics.bsseval import evaluate_track as bss_eval_track
+        from mss.metrics.bsseval import bss_eval_track
     return bss_eval_track
 
 

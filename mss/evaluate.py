@@ -65,7 +65,7 @@ def _estimates_done(folder: Path, sources: Sequence[str]) -> bool:
     return all((folder / f"{source}.wav").is_file() for source in sources)
 
 
-def _evaluate_track(
+def _separate_and_score_track(
     separator: nn.Module,
     track: Track,
     sources: list[str],
@@ -217,7 +217,7 @@ def evaluate(
             if reuse:
                 skipped += 1
             else:
-                _evaluate_track(
+                _separate_and_score_track(
                     separator, track, sources, json_path, estimates_dir, inference, scorer,
                     win, hop, device, meta,
                 )  # fmt: skip

@@ -14,6 +14,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 
+from mss.errors import ConfigError
 from mss.models.dsp._base import STEMS
 from mss.models.dsp.hpss_nmf import HPSSNMF, hoyer_sparsity, nmf, power_masks
 from mss.models.dsp.hpss_repet import HPSSRepet
@@ -394,5 +395,5 @@ def test_train_refuses_a_dsp_model():
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["model=hpss_repet"])
-    with pytest.raises(SystemExit, match="nothing to train"):
+    with pytest.raises(ConfigError, match="nothing to train"):
         train(cfg)

@@ -22,7 +22,7 @@ from mss.data.audio import read_mixture, read_stems
 from mss.data.index import index_tracks
 from mss.data.toy import track_names
 from mss.errors import CheckpointError
-from mss.metrics.bsseval import evaluate_track
+from mss.metrics.bsseval import bss_eval_track
 from train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_ddp_two_processes_on_cpu(tiny_musdb_root, tmp_path):
         stems = torch.from_numpy(read_stems(track, SOURCES))
         estimate = separate(separator, mix, segment=1.0, overlap=0.25, sample_rate=44100)
         losses.append(float(loss(estimate[None], stems[None])))
-        scores = evaluate_track(
+        scores = bss_eval_track(
             stems.transpose(1, 2).double(), estimate.transpose(1, 2).double(), SOURCES,
             win=44100, hop=44100, sdr_only=True,
         )  # fmt: skip

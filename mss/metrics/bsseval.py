@@ -703,7 +703,3 @@ def _frame_ratios(
     sir = _safe_db(source(own_sq), source(all_sq - 2 * own_all + own_sq))
     sar = _safe_db(source(all_sq), source(estimate - 2 * all_y + all_sq))
     return isr, sir, sar
-
-
-evaluate_track = bss_eval_track
-"""The former name of `bss_eval_track`, kept for callers outside mss.metrics."""
