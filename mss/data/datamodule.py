@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mss.data.augment import compose
 from mss.data.datasets import ChunkDataset, ChunkSampler, TrackDataset, TrackSampler
 from mss.data.index import (
+    DatasetError,
     Track,
     check_mono_policy,
+    check_root_stems,
     index_tracks,
     musdb_validation_tracks,
     split_tracks,
 )
+from mss.data.roots import check_weight, parse_extra_roots
 from mss.data.toy import ensure_toy_dataset
+from mss.errors import ConfigError
 
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
+# num_workers=auto: at most this many training workers per device. BENCHMARKS.md: 8 workers
+# load 6 s chunks several times faster than an A100-class GPU trains on them; more only cost
+# memory and start-up time.
+MAX_AUTO_WORKERS = 8
+# Full validation/test tracks are large (a 4 min MUSDB track is ~400 MB as float32 stems and
+# mix) and each loader worker prefetches two: more workers would only hold more of them.
+MAX_TRACK_WORKERS = 2
 
 
 def seed_worker(worker_id: int) -> None:
@@ -36,7 +48,8 @@ def seed_worker(worker_id: int) -> None:
 
 
 class MusdbDataModule(L.LightningDataModule):
-    """Train on random chunks of ``root/train``, validate and test on full tracks.
+    """Train on random chunks of ``root/train`` (and of extra roots), validate and test on full
+    tracks.
 
     Batches as the LightningModule sees them (after :meth:`on_after_batch_transfer`):
 
@@ -57,12 +70,22 @@ class MusdbDataModule(L.LightningDataModule):
         remix_probability: probability that a chunk takes each source from its own track.
         silence_threshold: redraw chunks whose mixture RMS is below it (dBFS); ``None``: never.
         batch_size: training batch size (per rank).
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes, or ``"auto"``: one per CPU core available to
+            this device's process, less one for the training process, at most
+            ``MAX_AUTO_WORKERS`` (Lightning's ``suggested_max_num_workers``, capped).
+            Validation and test loaders use at most ``MAX_TRACK_WORKERS`` of them.
         augment: modules applied to training stems ``[B, S, C, T]``, in order.
         seed: seed of the chunk draws (item ``i`` of epoch ``e`` depends on ``(seed, e, i)``).
         pin_memory: ``None`` pins when CUDA is available.
         persistent_workers: keep training workers alive between epochs.
         max_silence_retries: bound on redraws of near-silent chunks.
+        root_weight: sampling weight of ``root`` among the training roots.
+        extra_roots: more roots to train on, in the layout of ``root`` with the same
+            ``sources``: paths, or ``{root, weight, validation_tracks}`` mappings (see
+            :mod:`mss.data.roots`). A training chunk comes from a root with probability its
+            weight over the sum of the weights (:class:`ChunkDataset`). Validation uses the
+            tracks of ``validation_tracks`` of every root (by default none of the extra ones);
+            the test split is ``root/test`` alone, and extra roots need no ``test/``.
     """
 
     def __init__(
@@ -77,12 +100,14 @@ class MusdbDataModule(L.LightningDataModule):
         remix_probability: float = 0.5,
         silence_threshold: float | None = None,
         batch_size: int = 16,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         augment: Sequence[nn.Module] | None = None,
         seed: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         max_silence_retries: int = 10,
+        root_weight: float = 1.0,
+        extra_roots: Sequence[str | os.PathLike | Mapping] | None = (),
     ):
         super().__init__()
         # saved in checkpoints (datamodule_hyper_parameters); the run config is logged elsewhere
@@ -99,36 +124,57 @@ class MusdbDataModule(L.LightningDataModule):
         self.remix_probability = float(remix_probability)
         self.silence_threshold = None if silence_threshold is None else float(silence_threshold)
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = _check_num_workers(num_workers)
         self.augment = compose(augment)
         self.seed = int(seed)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
         self.max_silence_retries = int(max_silence_retries)
-        self._train_tracks: list[Track] | None = None
+        self.root_weight = check_weight(root_weight, "data.root_weight")
+        self.extra_roots = parse_extra_roots(extra_roots)
+        self._train_groups: list[list[Track]] | None = None
         self._valid_tracks: list[Track] | None = None
         self._test_tracks: list[Track] | None = None
 
-    def _index(self, subset: str) -> list[Track]:
-        return index_tracks(self.root, subset, self.sources, self.sample_rate, self.mono)
+    def _index(self, subset: str, root: str | None = None, key: str = "data.root") -> list[Track]:
+        root = self.root if root is None else root
+        return index_tracks(root, subset, self.sources, self.sample_rate, self.mono, key=key)
 
     def setup(self, stage: str | None = None) -> None:
         """Index (and validate) the subsets the stage needs; raises ``DatasetError`` early."""
-        if stage in (None, "fit", "validate") and self._train_tracks is None:
+        if stage in (None, "fit", "validate") and self._train_groups is None:
+            if self.extra_roots:  # a root with another stem set: one line, not one per track
+                check_root_stems(self.root, "train", self.sources)
+                for extra in self.extra_roots:
+                    check_root_stems(extra.root, "train", self.sources, f"{extra.key}.root")
             names = self.validation_tracks
             if names is None:
                 names = musdb_validation_tracks()
-            self._train_tracks, self._valid_tracks = split_tracks(self._index("train"), names)
+            train, valid = split_tracks(self._index("train"), names)
+            groups = [train]
+            for extra in self.extra_roots:
+                tracks = self._index("train", extra.root, f"{extra.key}.root")
+                extra_train, extra_valid = split_tracks(
+                    tracks, extra.validation_tracks, f"{extra.key}.validation_tracks"
+                )
+                if not extra_train:
+                    raise DatasetError(
+                        f"{extra.key}.validation_tracks holds out every track of "
+                        f"{extra.root}/train: none is left to train on"
+                    )
+                groups.append(extra_train)
+                valid += extra_valid
+            self._train_groups, self._valid_tracks = groups, valid
         if stage in (None, "test", "predict") and self._test_tracks is None:
             self._test_tracks = self._index("test")
 
     def train_tracks(self) -> list[Track]:
-        """Training tracks (the train subset minus the validation tracks)."""
+        """Training tracks of all roots (their train subsets minus the validation tracks)."""
         self.setup("fit")
-        return list(self._train_tracks)
+        return [t for group in self._train_groups for t in group]
 
     def valid_tracks(self) -> list[Track]:
-        """Validation tracks (held out of the train subset)."""
+        """Validation tracks (held out of the train subsets), those of ``root`` first."""
         self.setup("fit")
         return list(self._valid_tracks)
 
@@ -138,8 +184,9 @@ class MusdbDataModule(L.LightningDataModule):
         return list(self._test_tracks)
 
     def train_dataset(self) -> ChunkDataset:
+        self.setup("fit")
         return ChunkDataset(
-            self.train_tracks(),
+            self._train_groups,
             self.sources,
             segment=self.segment,
             samples_per_epoch=self.samples_per_epoch,
@@ -148,21 +195,31 @@ class MusdbDataModule(L.LightningDataModule):
             seed=self.seed,
             mono=self.mono,
             max_silence_retries=self.max_silence_retries,
+            weights=[self.root_weight] + [extra.weight for extra in self.extra_roots],
         )
+
+    def loader_workers(self) -> int:
+        """Training-loader workers: ``num_workers``, with ``"auto"`` resolved for this machine
+        and the number of devices the trainer runs on it."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        devices = self.trainer.num_devices if self.trainer else 1
+        return min(MAX_AUTO_WORKERS, suggested_max_num_workers(devices))
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
         world, rank = self._world_and_rank()
+        workers = self.loader_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             # the sampler carries the epoch to the workers and splits chunks between ranks
             sampler=ChunkSampler(dataset, num_replicas=world, rank=rank),
-            num_workers=self.num_workers,
+            num_workers=workers,
             worker_init_fn=seed_worker,
             generator=self._loader_generator(),
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.persistent_workers and workers > 0,
         )
 
     def _loader_generator(self) -> torch.Generator:
@@ -188,7 +245,7 @@ class MusdbDataModule(L.LightningDataModule):
             batch_size=1,
             # our own split, so the padding repeats are known (TrackSampler.is_repeat)
             sampler=TrackSampler(dataset, num_replicas=world, rank=rank),
-            num_workers=self.num_workers,
+            num_workers=min(self.loader_workers(), MAX_TRACK_WORKERS),
             worker_init_fn=seed_worker,
             generator=self._loader_generator(),
             pin_memory=self.pin_memory,
@@ -212,6 +269,14 @@ class MusdbDataModule(L.LightningDataModule):
                 batch = self.augment(batch)
             return batch.sum(1), batch
         return batch
+
+
+def _check_num_workers(num_workers) -> int | str:
+    if num_workers == "auto":
+        return "auto"
+    if isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0:
+        return num_workers
+    raise ConfigError(f"data.num_workers must be an integer >= 0 or auto, got {num_workers!r}")
 
 
 class ToyDataModule(MusdbDataModule):

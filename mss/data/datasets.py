@@ -33,6 +33,13 @@ class ChunkDataset(Dataset):
     RMS level below it is drawn again, at most ``max_silence_retries`` times; the last draw is
     kept, so a quiet dataset slows nothing down by more than that bound.
 
+    Several dataset roots: pass one track list per root as ``tracks`` and a sampling weight per
+    root as ``weights``. Each chunk first draws its root, ``r`` with probability ``weights[r] /
+    sum(weights)``, then a position in that root as above. Remixes and silence redraws stay in
+    that root, so the weight is exactly the share of chunks (and of every stem) from the root,
+    whatever its loudness, and stems from recordings of different origins are never mixed. With
+    a single root nothing is drawn for it: the chunks are those of the plain track list.
+
     Items are float32 tensors ``[S, C, T]`` with ``T = round(segment * sample_rate)``.
     """
 
@@ -47,9 +54,17 @@ class ChunkDataset(Dataset):
         seed: int = 0,
         mono: str = "upmix",
         max_silence_retries: int = 10,
+        weights: Sequence[float] | None = None,
     ):
-        if not tracks:
-            raise DatasetError("ChunkDataset needs at least one training track")
+        groups = [list(tracks)] if weights is None else [list(g) for g in tracks]
+        weights = [1.0] if weights is None else [float(w) for w in weights]
+        if len(weights) != len(groups):
+            raise ValueError(f"{len(groups)} track lists but {len(weights)} weights")
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError(f"root weights must be positive numbers, got {weights}")
+        if not all(groups):
+            raise DatasetError("ChunkDataset needs at least one training track (in every root)")
+        tracks = [t for g in groups for t in g]
         rates = {t.sample_rate for t in tracks}
         channels = {t.channels for t in tracks}
         if len(rates) != 1 or len(channels) != 1:
@@ -64,7 +79,7 @@ class ChunkDataset(Dataset):
             )
         if not 0.0 <= remix_probability <= 1.0:
             raise ValueError(f"remix_probability must be in [0, 1], got {remix_probability}")
-        self.tracks = list(tracks)
+        self.tracks = tracks
         self.sources = list(sources)
         self.sample_rate = rates.pop()
         self.channels = channels.pop()
@@ -77,8 +92,13 @@ class ChunkDataset(Dataset):
         self.seed = int(seed)
         self.mono = check_mono_policy(mono)
         self.epoch = 0
-        lengths = np.array([t.num_frames for t in self.tracks], dtype=np.float64)
-        self._track_probs = lengths / lengths.sum()
+        self._groups = [(g, self._length_probs(g)) for g in groups]
+        self._root_probs = np.array(weights) / sum(weights)
+
+    @staticmethod
+    def _length_probs(tracks: Sequence[Track]) -> np.ndarray:
+        lengths = np.array([t.num_frames for t in tracks], dtype=np.float64)
+        return lengths / lengths.sum()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch used by integer keys (see the class docstring)."""
@@ -87,8 +107,9 @@ class ChunkDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def _position(self, rng: np.random.Generator) -> tuple[Track, int]:
-        track = self.tracks[rng.choice(len(self.tracks), p=self._track_probs)]
+    def _position(self, rng: np.random.Generator, root: int) -> tuple[Track, int]:
+        tracks, probs = self._groups[root]
+        track = tracks[rng.choice(len(tracks), p=probs)]
         offset = int(rng.integers(0, max(0, track.num_frames - self.frames) + 1))
         return track, offset
 
@@ -99,14 +120,16 @@ class ChunkDataset(Dataset):
             audio = np.pad(audio, ((0, 0), (0, 0), (0, self.frames - audio.shape[-1])))
         return audio
 
-    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[Track, int]]]:
+    def _draw(
+        self, rng: np.random.Generator, root: int
+    ) -> tuple[np.ndarray, list[tuple[Track, int]]]:
         if rng.random() < self.remix_probability:
-            where = [self._position(rng) for _ in self.sources]
+            where = [self._position(rng, root) for _ in self.sources]
             stems = np.stack(
                 [self._read(t, o, [s])[0] for (t, o), s in zip(where, self.sources, strict=True)]
             )
             return stems, where
-        track, offset = self._position(rng)
+        track, offset = self._position(rng, root)
         return self._read(track, offset, self.sources), [(track, offset)] * len(self.sources)
 
     def _silent(self, stems: np.ndarray) -> bool:
@@ -121,11 +144,15 @@ class ChunkDataset(Dataset):
         start frame)] * S)``. The same key always gives the same chunk."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-        stems, where = self._draw(rng)
+        # one root: no draw, so a single-root dataset keeps the chunks it always had
+        root = (
+            0 if len(self._groups) == 1 else int(rng.choice(len(self._groups), p=self._root_probs))
+        )
+        stems, where = self._draw(rng, root)
         for _ in range(self.max_silence_retries):
             if not self._silent(stems):
                 break
-            stems, where = self._draw(rng)
+            stems, where = self._draw(rng, root)
         return stems, where
 
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
@@ -177,7 +204,7 @@ class TrackDataset(Dataset):
     """
 
     def __init__(self, tracks: Sequence[Track], sources: Sequence[str], mono: str = "upmix"):
-        self.tracks = list(tracks)
+        self.tracks = tracks
         self.sources = list(sources)
         self.mono = check_mono_policy(mono)
 

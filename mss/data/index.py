@@ -155,12 +155,51 @@ def _index_track(folder: Path, subset: str, stems: Sequence[str], sample_rate: i
     return track, []
 
 
+def _track_folders(root: str | os.PathLike, subset: str, key: str) -> tuple[Path, list[Path]]:
+    """``(root/subset, its track folders sorted by name)``; raises if there are none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset root {root} does not exist or is not a folder "
+            f"(expected {root}/{subset}/<track>/mixture.wav); set {key}"
+        )
+    folder = root / subset
+    if not folder.is_dir():
+        raise DatasetError(f"dataset root {root} has no '{subset}' folder (expected {folder})")
+    # hidden folders are skipped: they hold temporary files of interrupted writers
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"no track folders in {folder} (expected {folder}/<track>/mixture.wav)")
+    return folder, folders
+
+
+def check_root_stems(
+    root: str | os.PathLike, subset: str, sources: Sequence[str], key: str = "data.root"
+) -> None:
+    """Refuse, in one line, a root where some of ``sources`` is in none of the tracks.
+
+    When several roots train together, such a root has another stem set (e.g. ``vocals,
+    accompaniment`` against MUSDB's four); :func:`index_tracks` would list the missing file
+    of every track instead. Stems beyond ``sources`` are fine: they are not read.
+    """
+    folder, folders = _track_folders(root, subset, key)
+    found = {p.stem for f in folders for p in f.glob("*.wav")} - {"mixture"}
+    absent = [s for s in sources if s not in found]
+    if absent:
+        raise DatasetError(
+            f"{key}={Path(root).expanduser()}: no track of {folder} has {', '.join(absent)} "
+            f"(its stems: {', '.join(sorted(found)) or 'none'}); every root needs the stems of "
+            f"data.sources {list(sources)}"
+        )
+
+
 def index_tracks(
     root: str | os.PathLike,
     subset: str,
     sources: Sequence[str],
     sample_rate: int = 44100,
     mono: str = "error",
+    key: str = "data.root",
 ) -> list[Track]:
     """Index and validate the tracks of ``root/subset``, sorted by name.
 
@@ -171,6 +210,7 @@ def index_tracks(
         sample_rate: every file must have this rate (nothing is resampled).
         mono: ``"error"`` refuses mono files; ``"upmix"`` accepts them, and reads them as two
             identical channels (``Track.channels`` is then 2).
+        key: the config key that set ``root``, named when the root is missing.
 
     Raises:
         DatasetError: listing every problem found (missing root or subset, no track folders,
@@ -182,19 +222,7 @@ def index_tracks(
         raise ValueError("sources must name at least one stem")
     if len(set(sources)) != len(sources) or "mixture" in sources:
         raise ValueError(f"sources must be distinct and not include 'mixture', got {list(sources)}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(
-            f"dataset root {root} does not exist or is not a folder "
-            f"(expected {root}/{subset}/<track>/mixture.wav); set data.root"
-        )
-    folder = root / subset
-    if not folder.is_dir():
-        raise DatasetError(f"dataset root {root} has no '{subset}' folder (expected {folder})")
-    # hidden folders are skipped: they hold temporary files of interrupted writers
-    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DatasetError(f"no track folders in {folder} (expected {folder}/<track>/mixture.wav)")
+    folder, folders = _track_folders(root, subset, key)
     stems = ["mixture", *sources]
     tracks, problems = [], []
     for track_folder in folders:
@@ -208,9 +236,13 @@ def index_tracks(
 
 
 def split_tracks(
-    tracks: Sequence[Track], validation_tracks: Iterable[str]
+    tracks: Sequence[Track],
+    validation_tracks: Iterable[str],
+    key: str = "data.validation_tracks",
 ) -> tuple[list[Track], list[Track]]:
     """Split ``tracks`` into ``(train, valid)`` by name; every validation name must exist.
+
+    ``key`` is the config key of the names, named in the error.
 
     Raises:
         DatasetError: naming the validation tracks that are not in ``tracks``.
@@ -222,7 +254,7 @@ def split_tracks(
         where = tracks[0].path.parent if tracks else "the training set"
         raise DatasetError(
             f"validation track(s) not found in {where}: {missing} "
-            "(set data.validation_tracks to names of folders of the train subset)"
+            f"(set {key} to names of folders of the train subset)"
         )
     wanted = set(names)
     train = [t for t in tracks if t.name not in wanted]
