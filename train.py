@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mss.checkpoint import load_separator
 from mss.cli import entry_point
+from mss.cluster import export_local_ranks
 from mss.errors import CheckpointError, ConfigError
 from mss.evaluate import evaluate
 from mss.inference import InferenceSettings
@@ -24,10 +25,13 @@ log = logging.getLogger(__name__)
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     """`last` means this run directory's `checkpoints/last.ckpt` (re-run with the same
-    `hydra.run.dir` to continue an interrupted run); anything else must be an existing file."""
+    `hydra.run.dir` to continue an interrupted run); `auto` means that file if it exists, else
+    start afresh (a requeued cluster job finds its own); anything else must be an existing file."""
     if ckpt_path is None:
         return None
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt_path == "auto":
+        return str(last) if last.is_file() else None
     path = last if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(
@@ -67,6 +71,8 @@ def train(cfg: DictConfig) -> dict:
         # YAML text, not a dict: Hydra would instantiate a dict with a `_target_`
         net_config=OmegaConf.to_yaml(cfg.model, resolve=True),
     )
+    # tasks of a submitit job (hydra/launcher=slurm_local) form one DDP world
+    export_local_ranks()
     trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up mss on Debian/Ubuntu with Python >= 3.10: installs ffmpeg with apt when it is missing
 # (musdb/museval need ffmpeg and ffprobe on PATH), creates the virtualenv .venv and installs the
-# package with its dev tools into it. Safe to run again.
+# package with its dev tools and the SLURM launcher and Optuna sweeper extras into it. Safe to
+# run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[install] installing mss and its dependencies into .venv"
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,slurm,sweep]'
 echo "[install] done: activate with 'source .venv/bin/activate'"

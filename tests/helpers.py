@@ -31,3 +31,18 @@ class PoisonBatch(Callback):
         if trainer.global_step == self.step:
             mix, stems = batch
             stems[0, 0, 0, 0] = torch.nan
+
+
+class SignalOnce(Callback):
+    """Send `signum` (default SIGUSR2, what SLURM sends before preempting or ending a submitit
+    job) to this process before training step `step`, once per rank: a file
+    `<marker>.<rank>` remembers it across the requeued run, which resumes before that step."""
+
+    def __init__(self, step: int, marker: str, signum: int = signal.SIGUSR2) -> None:
+        self.step, self.marker, self.signum = step, marker, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        marker = f"{self.marker}.{trainer.global_rank}"
+        if trainer.global_step == self.step and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), self.signum)
