@@ -4,6 +4,10 @@ Hann window, ``center=True`` with zero padding (reflect padding fails on inputs 
 half a window, and the separator contract accepts any length), no normalisation. With a hop
 of at most a quarter of the window, ``istft(stft(x), length=T)`` gives back ``x`` to float
 precision (tested), so a mask of ones is the identity.
+
+Both run with autocast off and cast half-precision input to float32, also inside a
+mixed-precision step (``trainer.precision=bf16-mixed|16-mixed``): torch.stft has no
+half-precision CPU kernel and loses too much in fp16 on GPU.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mss.models._precision import autocast_off
 
 
 def _window(n_fft: int, reference: Tensor) -> Tensor:
@@ -29,21 +35,21 @@ def stft(x: Tensor, n_fft: int, hop_length: int) -> Tensor:
         Tensor: [shape=(..., n_fft // 2 + 1, 1 + frames // hop_length)] complex.
     """
     shape = x.shape
-    # torch.stft has no half-precision CPU kernel and loses too much in fp16 on GPU.
     x = x.reshape(-1, shape[-1])
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    z = torch.stft(
-        x,
-        n_fft,
-        hop_length,
-        window=_window(n_fft, x),
-        center=True,
-        pad_mode="constant",
-        normalized=False,
-        onesided=True,
-        return_complex=True,
-    )
+    with autocast_off(x.device.type):
+        z = torch.stft(
+            x,
+            n_fft,
+            hop_length,
+            window=_window(n_fft, x),
+            center=True,
+            pad_mode="constant",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
     return z.reshape(*shape[:-1], *z.shape[-2:])
 
 
@@ -61,18 +67,22 @@ def istft(z: Tensor, n_fft: int, hop_length: int, length: int) -> Tensor:
     """
     shape = z.shape
     z = z.reshape(-1, *shape[-2:])
-    if torch.compiler.is_exporting():
-        return _istft_by_fold(z, n_fft, hop_length, length).reshape(*shape[:-2], length)
-    x = torch.istft(
-        z,
-        n_fft,
-        hop_length,
-        window=_window(n_fft, z.real),
-        center=True,
-        normalized=False,
-        onesided=True,
-        length=length,
-    )
+    if z.dtype == torch.complex32:
+        z = z.to(torch.complex64)
+    with autocast_off(z.device.type):
+        if torch.compiler.is_exporting():
+            x = _istft_by_fold(z, n_fft, hop_length, length)
+        else:
+            x = torch.istft(
+                z,
+                n_fft,
+                hop_length,
+                window=_window(n_fft, z.real),
+                center=True,
+                normalized=False,
+                onesided=True,
+                length=length,
+            )
     return x.reshape(*shape[:-2], length)
 
 

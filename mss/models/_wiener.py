@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from mss.models._precision import autocast_off
+
 
 def _inverse(m: Tensor) -> Tensor:
     """Inverse of a batch of small matrices [..., C, C]; closed form for C = 2.
@@ -68,6 +70,15 @@ def wiener(
             f"(batch, channels, bins, frames) that agree. Found: {tuple(magnitudes.shape)} "
             f"and {tuple(mix.shape)}"
         )
+    # The EM runs in float64, which autocast leaves alone; it is off here all the same, so
+    # that the filter's precision never depends on the caller's context.
+    with autocast_off(mix.device.type):
+        return _wiener(magnitudes, mix, iterations, eps, scale_factor)
+
+
+def _wiener(
+    magnitudes: Tensor, mix: Tensor, iterations: int, eps: float, scale_factor: float
+) -> Tensor:
     out_dtype = mix.dtype
     y = torch.polar(magnitudes.double(), mix.angle().double()[:, None])
     if iterations <= 0:
