@@ -28,9 +28,10 @@ from mss.data.toy import ensure_toy_dataset
 from mss.errors import ConfigError
 
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
-# num_workers=auto: at most this many training workers per device. BENCHMARKS.md: 8 workers
-# load 6 s chunks several times faster than an A100-class GPU trains on them; more only cost
-# memory and start-up time.
+# num_workers=auto: at most this many training workers per device. 8 load more 6 s chunks than
+# even an ideal A100-class GPU trains hdemucs on (BENCHMARKS.md, issue 12); models as small as
+# simple_demucs could take more on a fast GPU (set num_workers). Beyond that, workers cost
+# memory (each queues two batches, 135 MB each at batch 16) and start-up time.
 MAX_AUTO_WORKERS = 8
 # Full validation/test tracks are large (a 4 min MUSDB track is ~400 MB as float32 stems and
 # mix) and each loader worker prefetches two: more workers would only hold more of them.
