@@ -82,6 +82,9 @@ class SeparationModule(L.LightningModule):
         net_config: the resolved Hydra config that built `net`, as YAML text; saved in the
             checkpoint so that the checkpoint alone rebuilds the separator
             (`mss.checkpoint.load_separator`).
+        compile: run the training forward through `torch.compile(net)` (compiled on the first
+            training step; validation stays eager, as it calls the net on other shapes and in
+            eval mode, each a recompilation). Checkpoints keep the plain `net.*` keys.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class SeparationModule(L.LightningModule):
         valid_segment: float | None = InferenceSettings.segment,
         valid_overlap: float = InferenceSettings.overlap,
         net_config: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         trainable = any(p.requires_grad for p in net.parameters())
@@ -109,6 +113,7 @@ class SeparationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.sources = list(net.sources)
+        self._train_forward: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, mix: Tensor) -> Tensor:
         return self.net(mix)
@@ -116,10 +121,15 @@ class SeparationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # here rather than at import: filters set inside a caller's catch_warnings are lost
         ignore_sync_dist_advice()
+        if stage == "fit" and self.hparams.compile and self._train_forward is None:
+            # The compiled net's own forward, a function: stored as a module (torch.compile's
+            # OptimizedModule) it would be registered and put `_orig_mod.` keys in checkpoints.
+            # Set here, in each process after DDP has started its ranks.
+            self._train_forward = torch.compile(self.net.forward)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         mix, stems = batch
-        estimate = self.net(mix)
+        estimate = (self._train_forward or self.net)(mix)
         terms = self.loss.components(estimate, stems)
         self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=True,
                  sync_dist=True)  # fmt: skip
