@@ -18,6 +18,7 @@ from mss.inference import InferenceSettings
 from mss.metrics.aggregate import Summary
 from mss.metrics.report import print_summary
 from mss.models._contract import check_separator
+from mss.sweep import objective, run_trial
 from mss.utils.instantiate import instantiate_group
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,9 @@ def test_checkpoint(cfg: DictConfig, ckpt_path: str | None, datamodule) -> Summa
 
 @entry_point("train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    # hparams_search configs name the value a sweep minimises
-    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+    # hparams_search configs name the value a sweep optimises; under hparams_search=optuna a
+    # failed run fails its trial only, and the sweep goes on
+    return run_trial(lambda: objective(train(cfg), cfg.get("optimized_metric")))
 
 
 if __name__ == "__main__":

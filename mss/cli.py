@@ -29,6 +29,8 @@ __all__ = ["entry_point", "user_error_message", "user_errors"]
 EXIT_USER_ERROR = 2
 # Config values that fail inside the constructor Hydra calls are the user's to fix.
 _CONFIG_VALUE_ERRORS = (ValueError, TypeError, FileNotFoundError)
+# The optional extras that install the Hydra plugins of these config groups (pyproject.toml).
+_PLUGIN_EXTRAS = {"hydra/launcher": "slurm", "hydra/sweeper": "sweep"}
 
 
 def full_error() -> bool:
@@ -148,6 +150,10 @@ def _composition_message(error: BaseException, conf_dir: Path | None = None) -> 
         else:
             choices = ""
         hint = f"; choose one of: {choices}" if choices else ""
+        if group in _PLUGIN_EXTRAS:  # conf/hydra/launcher/slurm.yaml needs submitit_slurm, ...
+            hint += (
+                f"; Hydra's plugins for it come with pip install -e '.[{_PLUGIN_EXTRAS[group]}]'"
+            )
         return f"unknown {group} '{name}' (no conf/{group}/{name}.yaml){hint}"
     unknown_key = re.search(r"Could not override '([^']+)'", text)
     if unknown_key and "not in struct" in text:

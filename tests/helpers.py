@@ -46,3 +46,24 @@ class SignalOnce(Callback):
         if trainer.global_step == self.step and not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), self.signum)
+
+
+class FailFirstRuns(Callback):
+    """Fail the first runs that load this callback, one way each, in the order of `failures`:
+    `nan_loss` puts a NaN into the first training batch (the NaN guard stops the run), `oom`
+    raises torch's out-of-memory error. The file `counter` counts the runs across a sweep."""
+
+    def __init__(self, counter: str, failures: list[str]) -> None:
+        self.counter, self.failures = counter, list(failures)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step != 0 or batch_idx != 0:
+            return
+        runs = int(open(self.counter).read()) if os.path.exists(self.counter) else 0
+        with open(self.counter, "w") as file:
+            file.write(str(runs + 1))
+        failure = self.failures[runs] if runs < len(self.failures) else None
+        if failure == "nan_loss":
+            batch[1][0, 0, 0, 0] = torch.nan
+        elif failure == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

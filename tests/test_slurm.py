@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mss.data.toy import track_names
-from tests.test_cli import run_entry_point
+from tests.test_cli import one_error_line, run_entry_point
 from tests.test_train import script_overrides
 from train import resolve_ckpt_path
 
@@ -42,6 +42,14 @@ def test_ckpt_path_auto_resumes_what_exists_and_else_starts_afresh(tmp_path):
     last.parent.mkdir()
     last.write_bytes(b"")
     assert resolve_ckpt_path("auto", str(tmp_path)) == str(last)
+
+
+def test_a_missing_launcher_names_the_extra_that_installs_it(tmp_path, monkeypatch, capsys):
+    argv = ["-m", "hydra/launcher=slurmm", f"hydra.sweep.dir={tmp_path}"]
+    code, err = run_entry_point("train", argv, monkeypatch, capsys)
+    line = one_error_line(err, "train")
+    assert code == 2 and "unknown hydra/launcher 'slurmm'" in line and "slurm_local" in line
+    assert "pip install -e '.[slurm]'" in line
 
 
 def fake_slurm(bin_dir: Path) -> None:
