@@ -187,3 +187,46 @@ def test_components_add_up_and_train_under_autocast():
     assert set(SeparationLoss(SOURCES, 1.0, 0.0).components(est, ref)) == {"l1", "loss"}
     with pytest.raises(ValueError, match="stft_form"):
         SeparationLoss(SOURCES, stft_form="phase")
+
+
+def _torch_stft_magnitude_sum(x, n_fft, hop, window):
+    spec = torch.stft(
+        x, n_fft, hop, win_length=window.shape[-1], window=window, center=True,
+        normalized=True, return_complex=True,
+    )  # fmt: skip
+    return spec.abs().sum(dim=(-2, -1))
+
+
+@pytest.mark.parametrize(
+    "n_fft, hop, win_length, length",
+    [(512, 128, 512, 5000), (64, 16, 64, 1000), (64, 24, 48, 777), (63, 16, 63, 500),
+     (256, 64, 200, 129), (2048, 512, 2048, 1025)],
+)  # fmt: skip
+def test_stft_magnitude_sum_and_its_backward_equal_torch_autograd(n_fft, hop, win_length, length):
+    """The hand-written adjoint (irfft of S/|S|, window, overlap-add) is torch's gradient, in
+    float64 to rounding: hop dividing n_fft or not, a shorter window, odd n_fft, a signal
+    barely longer than half a frame."""
+    from mss.stft_magnitude import stft_magnitude_sum
+
+    x = torch.randn(3, length, dtype=torch.float64, requires_grad=True)
+    window = torch.hann_window(win_length, dtype=torch.float64)
+    weights = torch.randn(3, dtype=torch.float64)
+    expected = _torch_stft_magnitude_sum(x, n_fft, hop, window)
+    (expected_grad,) = torch.autograd.grad(expected, x, weights)
+    got = stft_magnitude_sum(x, n_fft, hop, window)
+    (grad,) = torch.autograd.grad(got, x, weights)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12 * expected_grad.abs().max())
+
+
+def test_stft_magnitude_sum_gradient_at_a_zero_bin_is_zero_and_backward_runs_once():
+    from mss.stft_magnitude import stft_magnitude_sum
+
+    # silence: every bin is 0, torch's abs gives gradient 0 there, and so must the adjoint
+    x = torch.zeros(2, 300, dtype=torch.float64, requires_grad=True)
+    window = torch.hann_window(64, dtype=torch.float64)
+    total = stft_magnitude_sum(x, 64, 16, window).sum()
+    total.backward(retain_graph=True)
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    with pytest.raises(RuntimeError, match="run it once"):
+        total.backward()
