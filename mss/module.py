@@ -124,8 +124,10 @@ class SeparationModule(L.LightningModule):
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # The compiled net's own forward, a function: stored as a module (torch.compile's
             # OptimizedModule) it would be registered and put `_orig_mod.` keys in checkpoints.
-            # Set here, in each process after DDP has started its ranks.
-            self._train_forward = torch.compile(self.net.forward)
+            # Set here, in each process after DDP has started its ranks. Static shapes: the
+            # batches have one shape, and torchaudio's HDemucs, whose layers run at several
+            # lengths, fails in inductor once Dynamo makes those lengths symbolic.
+            self._train_forward = torch.compile(self.net.forward, dynamic=False)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         mix, stems = batch
