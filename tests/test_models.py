@@ -15,6 +15,7 @@ from mss.models._wiener import wiener
 from mss.models.hdemucs import HDemucs
 from mss.models.simple_demucs import SimpleDemucs
 from mss.models.unet import UNet
+from tests.test_zoo import ZOO_TARGETS  # wrappers of other packages, tested there
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -44,8 +45,6 @@ FULL = ["simple_demucs", "unet", "unet_per_target_wiener", "hdemucs_low"]
 # needs weights on disk and has tests/test_hdemucs_pretrained.py.
 ALIASES = {"hdemucs": "hdemucs_high"}
 ELSEWHERE = {"hdemucs_pretrained"}
-# wrappers of other packages, tested in test_zoo.py
-ZOO_TARGETS = ("mss.models.openunmix.", "mss.models.htdemucs.", "mss.models.bs_roformer.")
 
 
 def compose_model(name, overrides=(), sources=SOURCES, sample_rate=44100):
