@@ -98,6 +98,21 @@ def check_separator(
     return contract
 
 
+def declare_contract(
+    model: object, sources: Sequence[str], sample_rate: int, audio_channels: int
+) -> None:
+    """Set the contract's three attributes on a separator being built (its `__init__`).
+
+    Raises:
+        ValueError: `sources` is empty.
+    """
+    if not sources:
+        raise ValueError(f"{type(model).__name__} needs at least one source name.")
+    model.sources = list(sources)
+    model.sample_rate = int(sample_rate)
+    model.audio_channels = int(audio_channels)
+
+
 def check_mix(mix: Tensor, audio_channels: int) -> None:
     """Raise a clear ValueError unless `mix` is `[batch, audio_channels, frames >= 1]`."""
     if mix.ndim != 3:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import bs_roformer
 from torch import Tensor, nn
 
-from mss.models._contract import check_mix
+from mss.models._contract import check_mix, declare_contract
 
 # BSRoformer's tuple-typed arguments (checked by beartype); Hydra hands over lists.
 _TUPLE_ARGUMENTS = ("freqs_per_bands", "freq_range", "multi_stft_resolutions_window_sizes")
@@ -75,13 +75,9 @@ class BSRoformer(nn.Module):
         **kwargs,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("BSRoformer needs at least one source name.")
         if audio_channels not in (1, 2):
             raise ValueError(f"BSRoformer takes 1 or 2 audio channels, got {audio_channels}.")
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
+        declare_contract(self, sources, sample_rate, audio_channels)
         for name in _TUPLE_ARGUMENTS:
             if kwargs.get(name) is not None:
                 kwargs[name] = tuple(kwargs[name])

@@ -20,7 +20,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from mss.models._contract import check_mix
+from mss.models._contract import check_mix, declare_contract
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ class HDemucs(nn.Module):
         **kwargs,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("HDemucs needs at least one source name.")
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
+        declare_contract(self, sources, sample_rate, audio_channels)
         self.pretrained = pretrained is not None and load_weights
         self.bundle = pretrained
 

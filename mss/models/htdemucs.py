@@ -37,7 +37,7 @@ from demucs.apply import apply_model
 from demucs.htdemucs import HTDemucs as _HTDemucs
 from torch import Tensor, nn
 
-from mss.models._contract import check_mix
+from mss.models._contract import check_mix, declare_contract
 
 
 class HTDemucs(nn.Module):
@@ -80,13 +80,9 @@ class HTDemucs(nn.Module):
         **kwargs,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("HTDemucs needs at least one source name.")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
+        declare_contract(self, sources, sample_rate, audio_channels)
         self.overlap = float(overlap)
         self.segment_length = int(round(float(segment) * self.sample_rate))
         if self.segment_length < 1:

@@ -31,7 +31,7 @@ from openunmix import model as umx
 from openunmix.utils import bandwidth_to_max_bin
 from torch import Tensor, nn
 
-from mss.models._contract import check_mix
+from mss.models._contract import check_mix, declare_contract
 
 
 class _Separator(umx.Separator):
@@ -93,8 +93,7 @@ class OpenUnmix(nn.Module):
         wiener_win_len: int | None = 300,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("OpenUnmix needs at least one source name.")
+        declare_contract(self, sources, sample_rate, audio_channels)
         if niter < 0:
             raise ValueError(f"niter must be >= 0, got {niter}.")
         if niter > 0 and len(sources) < 2:
@@ -102,9 +101,6 @@ class OpenUnmix(nn.Module):
                 f"OpenUnmix's Wiener filter needs at least two sources, got {list(sources)}; "
                 "set niter=0 (model.niter=0) to separate a single source."
             )
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
         nb_bins = n_fft // 2 + 1
         if max_bin is None:
             max_bin = int(bandwidth_to_max_bin(self.sample_rate, n_fft, bandwidth))

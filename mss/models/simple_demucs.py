@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mss.models._contract import check_mix
+from mss.models._contract import check_mix, declare_contract
 
 
 class _BLSTM(nn.Module):
@@ -105,8 +105,7 @@ class SimpleDemucs(nn.Module):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("SimpleDemucs needs at least one source name.")
+        declare_contract(self, sources, sample_rate, audio_channels)
         if kernel_size < stride:
             raise ValueError(
                 f"kernel_size ({kernel_size}) must be >= stride ({stride}) so that the "
@@ -114,9 +113,6 @@ class SimpleDemucs(nn.Module):
             )
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}.")
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
         self.depth = depth
         self.kernel_size = kernel_size
         self.stride = stride

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mss.models._contract import check_mix
+from mss.models._contract import check_mix, declare_contract
 from mss.models._stft import istft, stft
 from mss.models._wiener import wiener
 
@@ -157,8 +157,7 @@ class UNet(nn.Module):
         wiener_eps: float = 1e-10,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("UNet needs at least one source name.")
+        declare_contract(self, sources, sample_rate, audio_channels)
         if hop_length > n_fft // 4:
             raise ValueError(
                 f"hop_length ({hop_length}) must be at most n_fft // 4 ({n_fft // 4}) for the "
@@ -172,9 +171,6 @@ class UNet(nn.Module):
             raise ValueError(f"mask must be 'sigmoid' or 'relu', got {mask!r}.")
         if not channels:
             raise ValueError("channels must list at least one encoder width.")
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.per_target = per_target

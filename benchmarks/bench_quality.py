@@ -1,0 +1,228 @@
+"""Quality per compute (issue 11): the table and the plot of BENCHMARKS.md.
+
+Every learned configuration ("preset") is trained by ``train.py experiment=bench`` for the same
+budget of CPU seconds of one training thread (30 CPU-minutes unless ``--budget``), once per
+seed; the best checkpoint by validation SDR is then scored on the benchmark set's test tracks
+by museval (``test=true``). The DSP baselines have nothing to train or seed: ``eval.py`` scores
+them once. Each run has its own folder ``<root>/<preset>/seed<S>`` (``seed0`` for the DSP
+baselines); a run whose ``eval/summary.csv`` exists is skipped, so an interrupted sweep
+continues where it stopped.
+
+    python benchmarks/bench_quality.py run --presets simple_demucs openunmix --seeds 1 2 3 --jobs 2
+    python benchmarks/bench_quality.py run --presets hpss_repet hpss_nmf
+    python benchmarks/bench_quality.py report --png BENCHMARKS_quality.png
+
+``report`` prints the markdown table (SiSEC18 SDR per source, their average and uSDR, as mean
+and sample standard deviation over the seeds found) and draws validation SDR against CPU-minutes
+for every run, from the ``EpochSummary`` lines of each run's own ``train.log``.
+
+Two runs side by side on two cores are fair: each is pinned to one thread, and the budget counts
+the process's CPU time, not wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("drums", "bass", "other", "vocals")
+
+# preset -> train.py overrides (after experiment=bench)
+LEARNED = {
+    "simple_demucs": ["model=simple_demucs"],
+    "simple_demucs_mrstft": ["model=simple_demucs", "loss=l1_mrstft"],
+    "simple_demucs_ema_cosine": [
+        "model=simple_demucs",
+        "callbacks=[default,cpu_budget,ema]",
+        "module/scheduler=cosine",
+    ],
+    "unet": ["model=unet"],
+    "hdemucs_low": ["model=hdemucs_low"],
+    "openunmix": ["model=openunmix"],
+    "htdemucs_small": ["model=htdemucs_small"],
+    "bs_roformer_small": ["model=bs_roformer_small"],
+}
+DSP = ("hpss_repet", "hpss_nmf")
+
+# "epoch 3 step 128 | 4.1 min wall, 4.0 min CPU | ... | val/sdr 1.23 dB (...)"
+EPOCH_LINE = re.compile(
+    r"step (?P<step>\d+) \| [\d.]+ min wall, (?P<cpu>[\d.]+) min CPU .*?"
+    r"val/sdr (?P<sdr>-?[\d.]+|nan) dB"
+)
+BUDGET_LINE = re.compile(r"CPU time budget of \d+ s reached after (?P<steps>\d+) steps")
+
+
+def bench_root() -> str:
+    return os.environ.get("MSS_BENCH_ROOT", str(REPO.parent / "bench_data" / "bench"))
+
+
+def command(preset: str, seed: int, run_dir: Path, budget: float) -> list[str]:
+    python = sys.executable
+    if preset in DSP:
+        return [
+            python, "eval.py", f"model={preset}", "data=musdb18hq", f"data.root={bench_root()}",
+            f"output_dir={run_dir / 'eval'}", f"hydra.run.dir={run_dir}",
+        ]  # fmt: skip
+    return [
+        python, "train.py", "experiment=bench", f"seed={seed}", *LEARNED[preset],
+        f"callbacks.cpu_budget.max_cpu_seconds={budget:g}", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+
+
+def run_one(preset: str, seed: int, root: Path, budget: float) -> str:
+    run_dir = root / preset / f"seed{seed}"
+    if (run_dir / "eval" / "summary.csv").is_file():
+        return f"{preset} seed {seed}: done before, skipped"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with open(run_dir / "stdout.log", "w") as out:
+        cmd = command(preset, seed, run_dir, budget)
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        code = subprocess.call(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return f"{preset} seed {seed}: exit {code} ({run_dir})"
+
+
+def run(args: argparse.Namespace) -> None:
+    unknown = [p for p in args.presets if p not in LEARNED and p not in DSP]
+    if unknown:
+        sys.exit(f"unknown preset(s) {unknown}; known: {[*LEARNED, *DSP]}")
+    jobs = [
+        (preset, 0 if preset in DSP else seed)
+        for seed in args.seeds
+        for preset in args.presets
+        if preset not in DSP or seed == args.seeds[0]
+    ]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda job: run_one(*job, args.root, args.budget), jobs):
+            print(line, flush=True)
+
+
+def read_scores(run_dir: Path) -> dict[str, float] | None:
+    """SiSEC18 SDR per source, their mean ("avg") and the mean uSDR over sources."""
+    path = run_dir / "eval" / "summary.csv"
+    if not path.is_file():
+        return None
+    sdr, usdr = {}, {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row["aggregate"] == "sisec18" and row["metric"] == "SDR":
+                sdr[row["source"]] = float(row["value"])
+            if row["metric"] == "uSDR":
+                usdr[row["source"]] = float(row["value"])
+    scores = {s: sdr[s] for s in SOURCES}
+    scores["avg"] = float(np.mean([sdr[s] for s in SOURCES]))
+    scores["uSDR"] = float(np.mean([usdr[s] for s in SOURCES]))
+    return scores
+
+
+def read_curve(run_dir: Path) -> tuple[list[float], list[float], int | None]:
+    """(CPU-minutes, validation SDR) after every validation, and the steps the budget allowed."""
+    cpu, sdr, steps = [], [], None
+    log = run_dir / "train.log"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            if match := EPOCH_LINE.search(line):
+                cpu.append(float(match["cpu"]))
+                sdr.append(float(match["sdr"]))
+            if match := BUDGET_LINE.search(line):
+                steps = int(match["steps"])
+    return cpu, sdr, steps
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def collect(root: Path) -> dict[str, list[tuple[int, dict, tuple]]]:
+    found: dict[str, list] = {}
+    for preset in [*LEARNED, *DSP]:
+        for run_dir in sorted((root / preset).glob("seed*")):
+            scores = read_scores(run_dir)
+            if scores is not None:
+                seed = int(run_dir.name.removeprefix("seed"))
+                found.setdefault(preset, []).append((seed, scores, read_curve(run_dir)))
+    return found
+
+
+def table(found: dict[str, list]) -> str:
+    columns = [*SOURCES, "avg", "uSDR"]
+    lines = [
+        "| preset | seeds | steps | " + " | ".join(columns) + " |",
+        "|---|---|---:|" + "---:|" * len(columns),
+    ]
+    rows = sorted(found.items(), key=lambda item: -np.mean([s["avg"] for _, s, _ in item[1]]))
+    for preset, runs in rows:
+        seeds = ",".join(str(seed) for seed, _, _ in runs) if preset not in DSP else "-"
+        steps = [curve[2] for _, _, curve in runs if curve[2] is not None]
+        steps_cell = f"{np.mean(steps):.0f}" if steps else ""
+        cells = [_cell([scores[c] for _, scores, _ in runs]) for c in columns]
+        lines.append(f"| {preset} | {seeds} | {steps_cell} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(found: dict[str, list], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    learned = [preset for preset in found if preset in LEARNED]
+    for index, preset in enumerate(learned):
+        color = colors[index % len(colors)]
+        for number, (_, _, (cpu, sdr, _)) in enumerate(found[preset]):
+            label = f"{preset} ({len(found[preset])} seed{'s' * (len(found[preset]) > 1)})"
+            ax.plot(cpu, sdr, color=color, alpha=0.8, lw=1.2, label=label if number == 0 else None)
+    for index, preset in enumerate(p for p in found if p in DSP):
+        avg = np.mean([scores["avg"] for _, scores, _ in found[preset]])
+        style = ("--", ":")[index % 2]
+        ax.axhline(avg, color="gray", ls=style, lw=1, label=f"{preset} (test avg, no training)")
+    ax.set_xlabel("CPU-minutes of the training process (one thread)")
+    ax.set_ylabel("validation SDR, dB (4 held-out tracks)")
+    ax.set_title("experiment=bench: validation SDR against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
+def report(args: argparse.Namespace) -> None:
+    found = collect(args.root)
+    if not found:
+        sys.exit(f"no finished runs under {args.root}")
+    print(table(found))
+    if args.png:
+        plot(found, args.png)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO / "logs" / "quality")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run_parser = sub.add_parser("run", help="train and score presets (skips finished runs)")
+    run_parser.add_argument("--presets", nargs="+", required=True)
+    run_parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    run_parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    run_parser.add_argument("--budget", type=float, default=1800.0, help="CPU seconds per run")
+    report_parser = sub.add_parser("report", help="markdown table and validation-SDR plot")
+    report_parser.add_argument("--png", type=Path, default=None)
+    args = parser.parse_args()
+    {"run": run, "report": report}[args.action](args)
+
+
+if __name__ == "__main__":
+    main()
