@@ -20,6 +20,7 @@ from mss.metrics.report import print_summary
 from mss.models._contract import check_separator
 from mss.sweep import objective, run_trial
 from mss.utils.instantiate import instantiate_group
+from mss.utils.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def test_checkpoint(cfg: DictConfig, ckpt_path: str | None, datamodule) -> Summa
 
 @entry_point("train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
     # hparams_search configs name the value a sweep optimises; under hparams_search=optuna a
     # failed run fails its trial only, and the sweep goes on
     return run_trial(lambda: objective(train(cfg), cfg.get("optimized_metric")))
