@@ -10,7 +10,8 @@ real time). One untimed warm-up call on a 1 s segment comes first.
 Training: ``--train-steps`` optimizer steps of simple_demucs (forward, the loss of each
 ``conf/loss/<name>.yaml`` in ``--train-losses``, backward, Adam) on random batches of
 ``--train-batch`` x stereo chunks of each ``--train-seconds``, after 2 untimed steps; data
-loading is not included.
+loading is not included. ``--keep-freed-memory`` switches glibc's malloc as ``train.py`` does
+(``keep_freed_memory=true``); without it the process keeps glibc's defaults.
 
     python benchmarks/bench_model_speed.py                       # everything, 60 s audio
     python benchmarks/bench_model_speed.py --models simple_demucs --skip-train
@@ -32,6 +33,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+
+from mss.utils.malloc import keep_freed_memory
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -87,7 +90,11 @@ def separation_speed(name: str, seconds: float, segment: float, overlap: float, 
     }
 
 
-def training_speed(batch: int, seconds: float, steps: int, threads: int, loss: str) -> dict:
+def training_speed(
+    batch: int, seconds: float, steps: int, threads: int, loss: str, keep_memory: bool = False
+) -> dict:
+    if keep_memory:
+        keep_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build("simple_demucs").train()
@@ -141,6 +148,11 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, nargs="+", default=[2.0, 6.0])
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--train-losses", nargs="+", default=["l1", "l1_mrstft", "l1_auraloss"])
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="training: glibc keeps freed memory mapped, as train.py does (mss/utils/malloc.py)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -171,7 +183,13 @@ def main() -> None:
         for loss in args.train_losses:
             for seconds in args.train_seconds:
                 r = _in_child(
-                    training_speed, args.train_batch, seconds, args.train_steps, args.threads, loss
+                    training_speed,
+                    args.train_batch,
+                    seconds,
+                    args.train_steps,
+                    args.threads,
+                    loss,
+                    args.keep_freed_memory,
                 )
                 results["training"].append(r)
                 print(

@@ -10,6 +10,7 @@ continues where it stopped.
 
     python benchmarks/bench_quality.py run --presets simple_demucs openunmix --seeds 1 2 3 --jobs 2
     python benchmarks/bench_quality.py run --presets hpss_repet hpss_nmf
+    python benchmarks/bench_quality.py run --runs openunmix:1 simple_demucs:2   # in this order
     python benchmarks/bench_quality.py report --png BENCHMARKS_quality.png
 
 ``report`` prints the markdown table (SiSEC18 SDR per source, their average and uSDR, as mean
@@ -93,15 +94,18 @@ def run_one(preset: str, seed: int, root: Path, budget: float) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    unknown = [p for p in args.presets if p not in LEARNED and p not in DSP]
-    if unknown:
-        sys.exit(f"unknown preset(s) {unknown}; known: {[*LEARNED, *DSP]}")
-    jobs = [
-        (preset, 0 if preset in DSP else seed)
-        for seed in args.seeds
-        for preset in args.presets
-        if preset not in DSP or seed == args.seeds[0]
-    ]
+    if args.runs:
+        jobs = [(run.split(":")[0], int(run.split(":")[1])) for run in args.runs]
+    else:
+        jobs = [
+            (preset, 0 if preset in DSP else seed)
+            for seed in args.seeds
+            for preset in args.presets or []
+            if preset not in DSP or seed == args.seeds[0]
+        ]
+    unknown = [preset for preset, _ in jobs if preset not in LEARNED and preset not in DSP]
+    if unknown or not jobs:
+        sys.exit(f"unknown or no preset(s) {unknown}; known: {[*LEARNED, *DSP]}")
     with ThreadPoolExecutor(args.jobs) as pool:
         for line in pool.map(lambda job: run_one(*job, args.root, args.budget), jobs):
             print(line, flush=True)
@@ -214,7 +218,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO / "logs" / "quality")
     sub = parser.add_subparsers(dest="action", required=True)
     run_parser = sub.add_parser("run", help="train and score presets (skips finished runs)")
-    run_parser.add_argument("--presets", nargs="+", required=True)
+    run_parser.add_argument("--presets", nargs="+", help="each with every --seeds")
+    run_parser.add_argument("--runs", nargs="+", help="preset:seed pairs, run in this order")
     run_parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     run_parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
     run_parser.add_argument("--budget", type=float, default=1800.0, help="CPU seconds per run")
