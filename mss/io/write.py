@@ -48,6 +48,7 @@ import numpy as np
 import soundfile as sf
 
 from mss.errors import AudioFileError, ConfigError
+from mss.utils.paths import write_probe
 
 __all__ = [
     "CLIP_MODES",
@@ -162,15 +163,10 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
         AudioFileError: one line naming the folder and why (not a folder, permission, ...).
     """
     folder = Path(folder)
-    tmp = _temp_path(folder / "check")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb"):
-            pass
-    except OSError as err:
-        reason = _reason(err)
-        raise AudioFileError(f"{folder}: cannot write to this output folder ({reason})") from err
-    tmp.unlink()
+    error = write_probe(folder)
+    if error is not None:
+        reason = _reason(error)
+        raise AudioFileError(f"{folder}: cannot write to this output folder ({reason})") from error
     return folder
 
 

@@ -14,13 +14,28 @@ def ensure_writable_dir(path: str | os.PathLike, key: str, create: bool = True) 
 
     With `create=False` nothing is made: the nearest existing parent must be a folder that
     takes a new file (for folders another program creates later, such as Hydra's run folder,
-    whose name holds the time). A real write is tried (and removed) rather than `os.access`,
-    which says yes to root on a read-only mount or a root-squashed network share.
+    whose name holds the time).
 
     Raises:
         UserError: naming `key` and the folder, when it cannot be created or written.
     """
     path = Path(path).expanduser()
+    error = write_probe(path, create)
+    if error is not None:
+        reason = error.strerror or type(error).__name__
+        raise UserError(
+            f"{key}={path}: cannot write there ({reason}); choose another folder for {key}"
+        ) from error
+    return path
+
+
+def write_probe(path: Path, create: bool = True) -> OSError | None:
+    """Create the folder `path` when `create` (else take its nearest existing parent) and
+    write and remove a file there; the error that stopped it, or None.
+
+    A real write, rather than `os.access`, which says yes to root on a read-only mount or a
+    root-squashed network share.
+    """
     target = path
     if not create:
         while not target.exists() and target != target.parent:
@@ -32,8 +47,5 @@ def ensure_writable_dir(path: str | os.PathLike, key: str, create: bool = True) 
         probe.touch()
         probe.unlink()
     except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise UserError(
-            f"{key}={path}: cannot write there ({reason}); choose another folder for {key}"
-        ) from error
-    return path
+        return error
+    return None
