@@ -42,16 +42,18 @@ SAMPLE_RATE = 44100
 MODELS = ["simple_demucs", "unet", "hdemucs_low", "hdemucs_high"]
 
 
-def build(name: str, group: str = "model") -> torch.nn.Module:
-    """conf/<group>/<name>.yaml with 4 stereo sources at 44.1 kHz."""
+def build(name: str, group: str = "model", segment: float | None = None) -> torch.nn.Module:
+    """conf/<group>/<name>.yaml with 4 stereo sources at 44.1 kHz; `segment` sets
+    `data.segment` (htdemucs's training length; other models ignore it)."""
+    overrides = [
+        f"+{group}={name}",
+        f"+data.sources=[{','.join(SOURCES)}]",
+        f"+data.sample_rate={SAMPLE_RATE}",
+    ]
+    if segment is not None:
+        overrides.append(f"+data.segment={segment}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                f"+{group}={name}",
-                f"+data.sources=[{','.join(SOURCES)}]",
-                f"+data.sample_rate={SAMPLE_RATE}",
-            ]
-        )
+        cfg = compose(overrides=overrides)
     return instantiate(cfg[group])
 
 

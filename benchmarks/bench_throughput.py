@@ -46,7 +46,6 @@ import tempfile
 import time
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 SOURCES = ["drums", "bass", "other", "vocals"]
 SAMPLE_RATE = 44100
 MODELS = ["simple_demucs", "unet", "hdemucs"]
@@ -56,19 +55,10 @@ MODELS = ["simple_demucs", "unet", "hdemucs"]
 
 
 def _build(name: str, group: str, seconds: float):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    # in the child only: the parent does not import torch
+    from bench_model_speed import build
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                f"+{group}={name}",
-                f"+data.sources=[{','.join(SOURCES)}]",
-                f"+data.sample_rate={SAMPLE_RATE}",
-                f"+data.segment={seconds}",  # htdemucs's training length; others ignore it
-            ]
-        )
-    return instantiate(cfg[group])
+    return build(name, group, segment=seconds)
 
 
 def measure(spec: dict) -> dict:

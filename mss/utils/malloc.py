@@ -8,7 +8,7 @@ of a simple_demucs step with `loss=l1_mrstft`, and a tenth with `loss=l1` (BENCH
 cost of `loss=l1_mrstft` per step"). With mmap off and no trimming, freed blocks stay in the heap
 and the next step reuses pages that are already mapped. The cost is resident memory that does not
 shrink after a peak, which a training process, whose steps all have the same shape, does not
-miss (peak RSS +5 % in the same measurement).
+miss (peak RSS +6 to +12 % in the same measurement).
 
 It is the in-process form of `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...` and applies to
 allocations made after the call (and to processes forked after it: data-loader workers).
@@ -41,14 +41,16 @@ def keep_freed_memory() -> bool:
     if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    applied = all(
-        mallopt(option, value) == 1
+    # every setting is tried, also after one is refused (a list, not a short-circuiting all())
+    results = [
+        mallopt(option, value)
         for option, value in (
             (_M_MMAP_MAX, 0),
             (_M_TRIM_THRESHOLD, _INT_MAX),
             (_M_TOP_PAD, _TOP_PAD_BYTES),
         )
-    )
+    ]
+    applied = all(result == 1 for result in results)
     if not applied:
         log.warning("glibc's mallopt refused a setting; freed memory may still be unmapped")
     return applied
