@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -23,8 +22,9 @@ from mss.export import (
     read_metadata,
 )
 from mss.models._stft import _istft_by_fold, istft, stft
+from tests.model_configs import SOURCES, model_config
 from tests.test_cli import one_error_line, run_entry_point
-from tests.test_models import CASES, CONF, SOURCES
+from tests.test_models import CASES
 
 SAMPLE_RATE = 44100
 SEGMENT = 22050  # frames: half a second keeps the exports quick
@@ -48,16 +48,8 @@ def write_checkpoint(case: str, path: Path) -> Path:
     """A checkpoint in the layout train.py writes (weights under `net.`, the resolved network
     config as YAML), for the tiny config of `case`."""
     name, overrides = CASES[case]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                f"+model={name}",
-                f"+data.sources=[{','.join(SOURCES)}]",
-                f"+data.sample_rate={SAMPLE_RATE}",
-                *overrides,
-            ]
-        )
-    config = OmegaConf.to_container(cfg.model, resolve=True)
+    cfg = model_config(name, overrides, SOURCES, SAMPLE_RATE)
+    config = OmegaConf.to_container(cfg, resolve=True)
     torch.manual_seed(0)
     net = instantiate(config)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}

@@ -6,18 +6,16 @@ torchaudio bundle caches its file, under a temporary TORCH_HOME; nothing is down
 
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch
 import torchaudio
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from mss.models.hdemucs import HDemucs, bundle_weights_path, bundle_weights_url
+from tests.model_configs import model_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 BUNDLE_SOURCES = ["drums", "bass", "other", "vocals"]
 
 
@@ -42,16 +40,7 @@ def torch_home(tmp_path_factory):
 
 
 def _compose(sources=BUNDLE_SOURCES, sample_rate=44100, overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                "+model=hdemucs_pretrained",
-                f"+data.sources=[{','.join(sources)}]",
-                f"+data.sample_rate={sample_rate}",
-                *overrides,
-            ]
-        )
-    return instantiate(cfg.model)
+    return instantiate(model_config("hdemucs_pretrained", overrides, sources, sample_rate))
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,9 @@
 """Separator contract for every trainable model config in conf/model (mss/models)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torchaudio
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mss.losses import SeparationLoss
@@ -15,10 +12,8 @@ from mss.models._wiener import wiener
 from mss.models.hdemucs import HDemucs
 from mss.models.simple_demucs import SimpleDemucs
 from mss.models.unet import UNet
+from tests.model_configs import CONF, SOURCES, model_config, model_target
 from tests.test_zoo import ZOO_TARGETS  # wrappers of other packages, tested there
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SOURCES = ["drums", "bass", "other", "vocals"]
 
 _UNET_TINY = [
     "model.n_fft=256",
@@ -48,17 +43,8 @@ ELSEWHERE = {"hdemucs_pretrained"}
 
 
 def compose_model(name, overrides=(), sources=SOURCES, sample_rate=44100):
-    """Compose conf/model/<name>.yaml the way train.py does, with a minimal data group."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                f"+model={name}",
-                f"+data.sources=[{','.join(sources)}]",
-                f"+data.sample_rate={sample_rate}",
-                *overrides,
-            ]
-        )
-    return instantiate(cfg.model)
+    """The separator conf/model/<name>.yaml builds, composed the way train.py composes it."""
+    return instantiate(model_config(name, overrides, sources, sample_rate))
 
 
 def _build(case):
@@ -77,23 +63,18 @@ def full(request):
     return _build(request.param)
 
 
-def _compose_cfg(name):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(overrides=[f"+model={name}"]).model
-
-
 def test_every_trainable_model_config_is_covered():
     """Every conf/model/*.yaml that targets a trainable mss model is tested here (DSP baselines
     in test_dsp.py, wrappers of other packages in test_zoo.py)."""
     configs = {
         path.stem
         for path in CONF.glob("model/*.yaml")
-        if not _compose_cfg(path.stem)._target_.startswith(("mss.models.dsp.", *ZOO_TARGETS))
+        if not model_target(path.stem).startswith(("mss.models.dsp.", *ZOO_TARGETS))
     }
     covered = {name for name, _ in CASES.values()} | set(ALIASES) | ELSEWHERE
     assert configs <= covered, f"untested model configs: {sorted(configs - covered)}"
     for alias, target in ALIASES.items():
-        assert _compose_cfg(alias) == _compose_cfg(target)
+        assert model_config(alias) == model_config(target)
 
 
 @pytest.mark.parametrize("length", [1000, 44100 + 37])

@@ -8,7 +8,6 @@ checkpoints, chunked inference, a real training run).
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import bs_roformer
 import openunmix
@@ -16,7 +15,6 @@ import pytest
 import torch
 from demucs.apply import apply_model
 from demucs.htdemucs import HTDemucs as PackageHTDemucs
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from openunmix import model as umx
@@ -28,10 +26,9 @@ from mss.models._contract import check_separator
 from mss.models.bs_roformer import BSRoformer
 from mss.models.htdemucs import HTDemucs
 from mss.models.openunmix import OpenUnmix
+from tests.model_configs import CONF, SOURCES, model_config, model_target
 from train import train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SOURCES = ["drums", "bass", "other", "vocals"]
 RATE = 44100
 SEGMENT = 0.25  # data.segment of the tiny HT Demucs: its eval length is 11025 samples
 
@@ -47,18 +44,7 @@ ZOO_TARGETS = ("mss.models.openunmix.", "mss.models.htdemucs.", "mss.models.bs_r
 
 
 def compose_cfg(name, overrides=(), sources=SOURCES):
-    """conf/model/<name>.yaml composed the way train.py does, with a minimal data group."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            overrides=[
-                f"+model={name}",
-                f"+data.sources=[{','.join(sources)}]",
-                f"+data.sample_rate={RATE}",
-                f"+data.segment={SEGMENT}",
-                *overrides,
-            ]
-        )
-    return cfg.model
+    return model_config(name, overrides, sources, RATE, SEGMENT)
 
 
 def build(case, sources=SOURCES):
@@ -83,9 +69,7 @@ def test_every_zoo_config_is_covered():
     """Every conf/model/*.yaml that builds a zoo wrapper is tested in this file."""
     found = set()
     for path in CONF.glob("model/*.yaml"):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            target = compose(overrides=[f"+model={path.stem}"]).model._target_
-        if target.startswith(ZOO_TARGETS):
+        if model_target(path.stem).startswith(ZOO_TARGETS):
             found.add(path.stem)
     covered = {name for name, _ in CASES.values()} | set(DEFAULTS)
     assert found == covered, f"untested: {sorted(found - covered)}, gone: {sorted(covered - found)}"
