@@ -12,6 +12,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mss ./mss
+COPY hydra_plugins ./hydra_plugins
 RUN pip install --no-cache-dir "torchaudio==2.5.1" && pip install --no-cache-dir ".[dev]"
 COPY conf ./conf
 COPY train.py eval.py ./

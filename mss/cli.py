@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mss.errors import ConfigError, UserError
 from mss.utils.paths import ensure_writable_dir
@@ -81,9 +81,14 @@ def user_errors(script: str) -> Iterator[None]:
         message = user_error_message(error)
         if message is None or full_error():
             raise
-        sys.stderr.write(f"{script}: error: {message}\n")
-        sys.stderr.flush()
-        raise SystemExit(EXIT_USER_ERROR) from None
+        exit_with_error(script, message)
+
+
+def exit_with_error(script: str, message: str) -> NoReturn:
+    """`<script>: error: <message>` on stderr, and exit status 2."""
+    sys.stderr.write(f"{script}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USER_ERROR) from None
 
 
 def user_error_message(error: BaseException) -> str | None:

@@ -12,7 +12,8 @@ cannot record a NaN return value (it crashes telling the study). `run_trial` and
 sweep ends it reads the study from its storage, the whole study, earlier runs of the sweep
 folder included, and writes `trials.csv` and `trials.md` (every trial, its state, value,
 parameters, folder and the reason it failed; the best trial and the command that repeats it)
-into the sweep folder.
+into the sweep folder. When no trial of the study completed, the command then ends with one error
+line that points to the table (the sweeper, hydra_plugins/mss_sweeper, lets such a sweep end).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import math
 import re
 import shlex
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,6 +119,15 @@ class TrialTable(Callback):
             direction=str(sweeper.direction),
         )
         log.info("trial table: %s", sweep_dir / "trials.md")
+        if not any(row["state"] == "COMPLETE" for row in rows):
+            from mss.cli import exit_with_error
+
+            failed = sum(row["state"] == "FAIL" for row in rows)
+            exit_with_error(
+                Path(sys.argv[0]).name,
+                f"no trial of the sweep completed ({failed} failed): why each failed is in "
+                f"{sweep_dir / 'trials.md'}",
+            )
 
 
 def _pin_sweep_time(config: DictConfig) -> None:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from mss.errors import ConfigError, NonFiniteError
 from mss.sweep import objective, write_tables
-from tests.test_cli import run_entry_point
+from tests.test_cli import one_error_line, run_entry_point
 from tests.test_train import CONF, script_overrides
 
 optuna = pytest.importorskip("optuna", reason="pip install -e .[sweep]")
@@ -127,3 +127,21 @@ def test_a_sweep_records_failed_trials_goes_on_and_a_rerun_continues_it(
     assert list(table["trial"]) == [0, 1, 2, 3]
     assert table["folder"].nunique() == 4
     assert best_ckpt.stat().st_mtime_ns == before  # the earlier trial's folder is untouched
+
+
+@pytest.mark.slow
+def test_a_sweep_in_which_every_trial_fails_writes_the_table_and_one_error_line(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path, monkeypatch, capsys
+):
+    sweep = tmp_path / "sweep"
+    args = sweep_args(tiny_musdb_root, tiny_validation_tracks, tmp_path, trials=2)
+    code, err = run_entry_point("train", args, monkeypatch, capsys)
+    line = one_error_line(err, "train")
+    assert code == 2
+    assert "no trial of the sweep completed (2 failed)" in line and str(sweep / "trials.md") in line
+    table = pd.read_csv(sweep / "trials.csv")
+    assert list(table["state"]) == ["FAIL", "FAIL"]
+    assert "non-finite loss (nan) at step 0" in table["error"][0]
+    assert table["error"][1].startswith("OutOfMemoryError: CUDA out of memory")
+    markdown = (sweep / "trials.md").read_text()
+    assert "# Trials (2, 0 complete; val/sdr, maximize)" in markdown and "Best:" not in markdown
