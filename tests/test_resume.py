@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,43 @@ def test_resume_from_an_epoch_boundary_gives_the_uninterrupted_weights(
     first = steady(tiny_musdb_root, tiny_validation_tracks, split)
     train(compose_train(first + ["trainer.max_epochs=1"]))
     train(compose_train(first + ["trainer.max_epochs=2", "ckpt_path=last"]))
+
+    expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
+    got = load_checkpoint(split / "checkpoints" / "last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 2 * STEPS_PER_EPOCH
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_mid_epoch_gives_the_uninterrupted_weights(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path, workers
+):
+    """Killed in the second epoch and resumed from its step-6 checkpoint (2 of that epoch's 4
+    batches done): the resumed run trains on the chunks the uninterrupted run would have, in
+    that epoch (not its first batches again) and with loader workers (not epoch 0's chunks)."""
+    loader = [f"data.num_workers={workers}"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(compose_train(steady(tiny_musdb_root, tiny_validation_tracks, whole)
+                        + [*loader, "trainer.max_epochs=2"]))  # fmt: skip
+    args = steady(tiny_musdb_root, tiny_validation_tracks, split) + [
+        *loader,
+        "trainer.max_epochs=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    killed = subprocess.run(
+        [sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'hydra'}",
+         "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=7"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert load_checkpoint(split / "checkpoints" / "last.ckpt")["global_step"] == 6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(compose_train([*args, "ckpt_path=last"]))
+    assert not [w for w in caught if "ended before the epoch ended" in str(w.message)]
 
     expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
     got = load_checkpoint(split / "checkpoints" / "last.ckpt")

@@ -6,7 +6,8 @@ Lightning saves no generator state. The states are kept as tensors and plain tup
 `torch.load(weights_only=True)` reads, and put back at the start of the first training epoch
 after the restore: after the sanity check and the loaders Lightning sets up on resume, which
 draw from the generator, and before the epoch's loader is iterated, as in the run that wrote
-the checkpoint.
+the checkpoint. A run resumed mid-epoch gets them back when training starts (its loader is set
+up by then), before its next batch is augmented.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class RNGState(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # resumed mid-epoch, Lightning calls no on_train_epoch_start before the next batch
+        if trainer.fit_loop.restarted_mid_epoch:
+            self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is not None:

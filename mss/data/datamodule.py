@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import lightning as L
@@ -46,6 +47,26 @@ def seed_worker(worker_id: int) -> None:
     workers (torch seeds only itself and ``random`` per worker).
     """
     np.random.seed(torch.initial_seed() % 2**32)
+
+
+def training_position(trainer) -> tuple[int, int]:
+    """The epoch the training loader is about to be iterated for, and how many of its batches
+    were trained before: both 0 in a fresh run, the checkpoint's values in a resumed one.
+
+    Lightning's own bookkeeping, read the way its loops read it when they restart: a checkpoint
+    written at the end of a training batch counts that batch as done (`TrainingEpochLoop.reset`).
+    """
+    if trainer is None:
+        return 0, 0
+    fit = trainer.fit_loop
+    epoch = fit.epoch_progress.current.processed  # what Lightning passes to set_epoch
+    loop = fit.epoch_loop
+    if not loop.restarting:
+        return epoch, 0
+    # the fit loop updates this only after it has set the loaders up; from progress alone
+    loop.update_restart_stage()
+    done = loop.batch_progress.current.completed + int(loop.restarted_on_train_batch_end)
+    return epoch, done
 
 
 class MusdbDataModule(L.LightningDataModule):
@@ -211,11 +232,22 @@ class MusdbDataModule(L.LightningDataModule):
         dataset = self.train_dataset()
         world, rank = self._world_and_rank()
         workers = self.loader_workers()
+        # the sampler carries the epoch to the workers and splits chunks between ranks
+        sampler = ChunkSampler(dataset, num_replicas=world, rank=rank)
+        epoch, batches_done = training_position(self.trainer)
+        # Lightning creates the loader's iterator before it sets the sampler's epoch, and loader
+        # workers draw their first keys then: a resumed run would start with epoch 0's chunks
+        sampler.set_epoch(epoch)
+        if batches_done * self.batch_size < len(sampler):  # else Lightning starts a new epoch
+            sampler.skip_next(batches_done * self.batch_size)
+        # Lightning warns that a run resumed mid-epoch may train on other data; this one does not
+        warnings.filterwarnings(
+            "ignore", "You're resuming from a checkpoint that ended before the epoch ended"
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            # the sampler carries the epoch to the workers and splits chunks between ranks
-            sampler=ChunkSampler(dataset, num_replicas=world, rank=rank),
+            sampler=sampler,
             num_workers=workers,
             worker_init_fn=seed_worker,
             generator=self._loader_generator(),

@@ -166,15 +166,24 @@ class ChunkSampler(DistributedSampler):
     to the workers, persistent or not. Being a ``DistributedSampler``, Lightning keeps it as it
     is under DDP instead of wrapping it: rank ``r`` of ``w`` takes keys ``r, r + w, ...`` up to
     ``ceil(n / w)`` of them, so every rank runs the same number of steps and no chunk repeats.
+    Its length stays that of a whole epoch after :meth:`skip_next`: Lightning counts the batches
+    a resumed epoch had done before.
     """
 
     def __init__(self, dataset: ChunkDataset, num_replicas: int = 1, rank: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.num_samples = math.ceil(len(dataset) / num_replicas)
+        self._skip = 0
+
+    def skip_next(self, count: int) -> None:
+        """Leave out the first `count` keys of this rank's share, in the next iteration only:
+        a run resumed mid-epoch goes on with the chunks it had not trained on yet."""
+        self._skip = int(count)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return iter([(epoch, self.rank + k * self.num_replicas) for k in range(self.num_samples)])
+        epoch, skip, self._skip = self.epoch, self._skip, 0
+        keys = range(skip, self.num_samples)
+        return iter([(epoch, self.rank + k * self.num_replicas) for k in keys])
 
     def __len__(self) -> int:
         return self.num_samples
