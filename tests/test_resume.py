@@ -64,13 +64,15 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(tiny_musdb_root, tiny_valid
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
 def test_resume_from_an_epoch_boundary_gives_the_uninterrupted_weights(
-    tiny_musdb_root, tiny_validation_tracks, tmp_path
+    tiny_musdb_root, tiny_validation_tracks, tmp_path, workers
 ):
+    loader = [f"data.num_workers={workers}"]
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(compose_train(steady(tiny_musdb_root, tiny_validation_tracks, whole)
-                        + ["trainer.max_epochs=2"]))  # fmt: skip
-    first = steady(tiny_musdb_root, tiny_validation_tracks, split)
+                        + [*loader, "trainer.max_epochs=2"]))  # fmt: skip
+    first = steady(tiny_musdb_root, tiny_validation_tracks, split) + loader
     train(compose_train(first + ["trainer.max_epochs=1"]))
     train(compose_train(first + ["trainer.max_epochs=2", "ckpt_path=last"]))
 
