@@ -183,6 +183,16 @@ def table(found: dict[str, list]) -> str:
     return "\n".join(lines)
 
 
+def run_table(found: dict[str, list]) -> str:
+    """One line per learned run: its steps in the budget and its average SDR, for comparing
+    runs that shared the machine (the steps a CPU-second buys vary with what else runs)."""
+    lines = ["| preset | seed | steps | avg |", "|---|---:|---:|---:|"]
+    for preset in (p for p in found if p in LEARNED):
+        for seed, scores, (_, _, steps) in found[preset]:
+            lines.append(f"| {preset} | {seed} | {steps or ''} | {scores['avg']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(found: dict[str, list], png: Path) -> None:
     import matplotlib
 
@@ -216,6 +226,8 @@ def report(args: argparse.Namespace) -> None:
     if not found:
         sys.exit(f"no finished runs under {args.root}")
     print(table(found))
+    print()
+    print(run_table(found))
     if args.png:
         plot(found, args.png)
 
