@@ -115,6 +115,16 @@ def test_sampler_splits_epochs_and_ranks(tracks):
     assert len(set(keys)) == 12 and {i for _, i in keys} >= set(range(10))
 
 
+def test_sampler_skips_the_resumed_part_of_one_epoch_only(tracks):
+    ds = ChunkDataset(tracks, SOURCES, segment=0.1, samples_per_epoch=10)
+    rank = ChunkSampler(ds, num_replicas=2, rank=1)
+    rank.set_epoch(4)
+    rank.skip_next(2)  # 2 of this rank's 5 keys were trained before the resume
+    assert list(rank) == [(4, 5), (4, 7), (4, 9)]
+    assert len(rank) == 5  # Lightning counts the skipped batches itself
+    assert list(rank) == [(4, i) for i in (1, 3, 5, 7, 9)]  # the next epoch is whole
+
+
 def test_track_sampler_marks_the_padding_repeats():
     tracks = list(range(5))  # any sized dataset
     ranks = [TrackSampler(tracks, num_replicas=3, rank=r) for r in range(3)]
