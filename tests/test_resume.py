@@ -31,6 +31,26 @@ def steady(root, validation, out: Path) -> list[str]:
     ]
 
 
+def run_train_script(args: list[str]) -> subprocess.CompletedProcess:
+    """train.py in a child process, as a user (or a requeued job) runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def kill_at_step(step: int) -> list[str]:
+    return ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={step}"]
+
+
+def assert_same_final_weights(whole: Path, split: Path) -> None:
+    expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
+    got = load_checkpoint(split / "checkpoints" / "last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 2 * STEPS_PER_EPOCH
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_and_finishes(tiny_musdb_root, tiny_validation_tracks,
                                                      tmp_path):  # fmt: skip
@@ -40,23 +60,14 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(tiny_musdb_root, tiny_valid
         for o in steady(tiny_musdb_root, tiny_validation_tracks, tmp_path)
         if not o.startswith("paths.output_dir")
     ] + [f"hydra.run.dir={run_dir}", "trainer.max_epochs=2"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
     # killed after step 6 of 8, in the second epoch, before step 6 could be saved
-    killed = subprocess.run(
-        [sys.executable, "train.py", *args, "+callbacks.kill._target_=tests.helpers.KillAtStep",
-         "+callbacks.kill.step=6"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    killed = run_train_script([*args, *kill_at_step(6)])
     assert killed.returncode == -9, killed.stderr[-3000:]
     saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert 6 - saved["global_step"] <= 2  # lost at most the checkpoint interval
     assert saved["global_step"] == 4  # the step-4 save (the kill came before step 6's)
 
-    resumed = subprocess.run(
-        [sys.executable, "train.py", *args, "ckpt_path=last"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    resumed = run_train_script([*args, "ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert final["global_step"] == 2 * STEPS_PER_EPOCH and final["epoch"] == 1
@@ -76,11 +87,7 @@ def test_resume_from_an_epoch_boundary_gives_the_uninterrupted_weights(
     train(compose_train(first + ["trainer.max_epochs=1"]))
     train(compose_train(first + ["trainer.max_epochs=2", "ckpt_path=last"]))
 
-    expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
-    got = load_checkpoint(split / "checkpoints" / "last.ckpt")
-    assert got["global_step"] == expected["global_step"] == 2 * STEPS_PER_EPOCH
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(got["state_dict"][name], tensor), name
+    assert_same_final_weights(whole, split)
 
 
 @pytest.mark.slow
@@ -99,13 +106,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(
         *loader,
         "trainer.max_epochs=2",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    killed = subprocess.run(
-        [sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'hydra'}",
-         "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=7"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    killed = run_train_script([*args, f"hydra.run.dir={tmp_path / 'hydra'}", *kill_at_step(7)])
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert load_checkpoint(split / "checkpoints" / "last.ckpt")["global_step"] == 6
     with warnings.catch_warnings(record=True) as caught:
@@ -113,11 +114,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(
         train(compose_train([*args, "ckpt_path=last"]))
     assert not [w for w in caught if "ended before the epoch ended" in str(w.message)]
 
-    expected = load_checkpoint(whole / "checkpoints" / "last.ckpt")
-    got = load_checkpoint(split / "checkpoints" / "last.ckpt")
-    assert got["global_step"] == expected["global_step"] == 2 * STEPS_PER_EPOCH
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(got["state_dict"][name], tensor), name
+    assert_same_final_weights(whole, split)
 
 
 def test_a_nan_loss_stops_training_and_never_reaches_a_checkpoint(
