@@ -90,14 +90,18 @@ def run_one(preset: str, seed: int, root: Path, budget: float) -> str:
     run_dir = root / preset / f"seed{seed}"
     if (run_dir / "eval" / "summary.csv").is_file():
         return f"{preset} seed {seed}: done before, skipped"
+    code = launch(command(preset, seed, run_dir, budget), run_dir)
+    return f"{preset} seed {seed}: exit {code} ({run_dir})"
+
+
+def launch(cmd: list[str], run_dir: Path) -> int:
+    """Run ``cmd`` on one thread with its output in ``run_dir/stdout.log``; its exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(run_dir / "stdout.log", "w") as out:
-        cmd = command(preset, seed, run_dir, budget)
         out.write(" ".join(cmd) + "\n")
         out.flush()
-        code = subprocess.call(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return f"{preset} seed {seed}: exit {code} ({run_dir})"
+        return subprocess.call(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,0 +1,109 @@
+"""Screening of the recipe (issue 11): chunk length, batch size and learning rate per model.
+
+One factor at a time around a preset of ``bench_quality.py``: the preset as it is ("base") and
+the preset with one override per run, all with one seed and a shorter CPU budget (10
+CPU-minutes unless ``--budget``), side by side. Screening reads validation SDR only
+(``test=false``): the test tracks stay for the 3-seed confirmation at the full budget, so that
+the recipe is not tuned on them.
+
+    python benchmarks/bench_screen.py run --preset unet \
+        --vary module.optimizer.lr=3e-4,3e-3 data.segment=6 data.batch_size=8
+    python benchmarks/bench_screen.py report
+
+Each run has its own folder ``<root>/<preset>/<key>_<value>/seed<S>`` (``base`` without one); a run
+whose ``train.log`` shows the end of the budget is skipped. ``report`` prints, per preset, the
+steps each run made, the best validation SDR and the mean of its last three validations (the
+best alone is the maximum of a noisy curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import LEARNED, REPO, command, launch, read_curve  # noqa: E402
+
+BASE = "base"
+
+
+def variants(vary: list[str]) -> list[str]:
+    """``["a=1,2", "b=3"]`` -> ``["a=1", "a=2", "b=3"]``: one override per run."""
+    runs = []
+    for item in vary:
+        key, _, values = item.partition("=")
+        if not key or not values:
+            sys.exit(f"--vary {item!r}: expected key=value[,value...]")
+        runs += [f"{key}={value}" for value in values.split(",")]
+    return runs
+
+
+def run_one(preset: str, override: str, seed: int, root: Path, budget: float) -> str:
+    # "=" is Hydra's override syntax, so it cannot appear in hydra.run.dir
+    run_dir = root / preset / override.replace("=", "_") / f"seed{seed}"
+    if read_curve(run_dir)[2] is not None:
+        return f"{preset} {override} seed {seed}: done before, skipped"
+    cmd = [*command(preset, seed, run_dir, budget), "test=false"]
+    if override != BASE:
+        cmd.append(override)
+    code = launch(cmd, run_dir)
+    return f"{preset} {override} seed {seed}: exit {code} ({run_dir})"
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.preset not in LEARNED:
+        sys.exit(f"unknown preset {args.preset!r}; known: {list(LEARNED)}")
+    jobs = [BASE, *variants(args.vary)] if args.with_base else variants(args.vary)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        lines = pool.map(
+            lambda override: run_one(args.preset, override, args.seed, args.root, args.budget),
+            jobs,
+        )
+        for line in lines:
+            print(line, flush=True)
+
+
+def report(args: argparse.Namespace) -> None:
+    lines = [
+        "| preset | run | seed | steps | best val SDR | last 3 val SDR |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for preset_dir in sorted(path for path in args.root.glob("*") if path.is_dir()):
+        rows = []
+        for run_dir in preset_dir.glob("*/seed*"):
+            _, sdr, steps = read_curve(run_dir)
+            if steps is None or not sdr:
+                continue  # unfinished
+            last = float(np.mean(sdr[-3:]))
+            rows.append((run_dir.parent.name, run_dir.name.removeprefix("seed"), steps, sdr, last))
+        for name, seed, steps, sdr, last in sorted(rows, key=lambda row: -row[4]):
+            lines.append(
+                f"| {preset_dir.name} | {name} | {seed} | {steps} | {max(sdr):.2f} | {last:.2f} |"
+            )
+    if len(lines) == 2:
+        sys.exit(f"no finished screening runs under {args.root}")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO / "logs" / "quality_screen")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run_parser = sub.add_parser("run", help="the base and one run per override (skips finished)")
+    run_parser.add_argument("--preset", required=True, help="a learned preset of bench_quality")
+    run_parser.add_argument("--vary", nargs="+", required=True, help="key=value[,value...]")
+    run_parser.add_argument("--no-base", dest="with_base", action="store_false")
+    run_parser.add_argument("--seed", type=int, default=1)
+    run_parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    run_parser.add_argument("--budget", type=float, default=600.0, help="CPU seconds per run")
+    sub.add_parser("report", help="markdown table of the finished runs")
+    args = parser.parse_args()
+    {"run": run, "report": report}[args.action](args)
+
+
+if __name__ == "__main__":
+    main()
