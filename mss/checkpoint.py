@@ -23,7 +23,7 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from mss.errors import CheckpointError
+from mss.errors import CheckpointError, ConfigError
 
 __all__ = [
     "SafeCheckpointIO",
@@ -177,12 +177,18 @@ def load_separator(
     ckpt_path: str | os.PathLike,
     map_location: Any = "cpu",
     allowed_targets: Sequence[str] = (),
+    net_overrides: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Rebuild the separator saved in a training checkpoint, in eval mode.
 
     The checkpoint carries the Hydra config of its network (`net_config`), so no other file or
     config is needed. The file is read as data (`load_checkpoint`) and the config may only name
     separators of `mss.models` or `allowed_targets` (`check_net_config`).
+
+    `net_overrides` changes settings of that config before the network is built, for what a
+    trained network leaves free at inference (`{"wiener_iterations": 1}` for the U-Net,
+    `{"niter": 0}` for Open-Unmix). Only keys the config has (dotted for nested ones); the
+    result passes the same trust check, and weights that no longer fit are refused.
     """
     from hydra.utils import instantiate
 
@@ -200,6 +206,7 @@ def load_separator(
         raise CheckpointError(f"{ckpt_path}: its network config is not valid YAML") from error
     if not isinstance(net_config, DictConfig):
         raise CheckpointError(f"{ckpt_path}: its network config is not a mapping")
+    apply_net_overrides(net_config, net_overrides or {}, ckpt_path)
     check_net_config(net_config, ckpt_path, allowed_targets)
     if net_config.get("pretrained"):
         # models that fetch pretrained weights when built (hdemucs_pretrained): the checkpoint
@@ -220,3 +227,40 @@ def load_separator(
             f"{ckpt_path}: its weights do not fit the network its config builds ({first})"
         ) from error
     return net.eval()
+
+
+def apply_net_overrides(
+    net_config: DictConfig, overrides: Mapping[str, Any], source: str | os.PathLike
+) -> None:
+    """Set `overrides` (dotted keys) in a checkpoint's network config, in place; a key the
+    config does not have, or one that would change what is built, is a `ConfigError`."""
+    for key, value in overrides.items():
+        key = str(key)
+        if key.split(".")[-1] == "_target_":
+            raise ConfigError(
+                f"net_overrides: {key!r} would change the network {source} builds; only its "
+                "settings may be overridden"
+            )
+        if OmegaConf.select(net_config, key, default=_MISSING) is _MISSING:
+            settings = ", ".join(k for k in net_config if k != "_target_")
+            raise ConfigError(
+                f"net_overrides: {key!r} is not a setting of the network in {source} "
+                f"(its settings: {settings})"
+            )
+        OmegaConf.update(net_config, key, value, merge=False)
+
+
+def net_overrides_from_config(cfg: Any) -> dict[str, Any]:
+    """The `net_overrides` mapping of an eval, separate or export config, as plain values."""
+    overrides = cfg.get("net_overrides") or {}
+    if isinstance(overrides, DictConfig):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            "net_overrides must map settings of the checkpoint's network to values, e.g. "
+            f"net_overrides={{wiener_iterations:1}}; got {overrides!r}"
+        )
+    return dict(overrides)
+
+
+_MISSING = object()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,11 +125,13 @@ def model_from_config(cfg: Any) -> tuple[nn.Module, str]:
             "a checkpoint or an exported file carries its own model"
         )
     if "ckpt" in given:
-        from mss.checkpoint import load_separator
+        from mss.checkpoint import load_separator, net_overrides_from_config
 
         ckpt = given["ckpt"]
         allowed = list(cfg.get("allowed_targets") or [])
-        return load_separator(ckpt, allowed_targets=allowed), f"ckpt:{Path(ckpt).resolve()}"
+        overrides = net_overrides_from_config(cfg)
+        net = load_separator(ckpt, allowed_targets=allowed, net_overrides=overrides)
+        return net, f"ckpt:{Path(ckpt).resolve()}"
     if "onnx" in given:
         from mss.export import load_exported
 
@@ -176,13 +178,16 @@ class Separator:
         path: str | os.PathLike,
         allowed_targets: Sequence[str] = (),
         inference: InferenceSettings | None = None,
+        net_overrides: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> Separator:
         """A separator rebuilt from a checkpoint written by train.py (read as data only;
-        `allowed_targets` admits networks outside `mss.models`)."""
+        `allowed_targets` admits networks outside `mss.models`; `net_overrides` changes
+        inference settings of the network, see `mss.checkpoint.load_separator`)."""
         from mss.checkpoint import load_separator
 
-        return cls(load_separator(path, allowed_targets=allowed_targets), inference, **settings)
+        net = load_separator(path, allowed_targets=allowed_targets, net_overrides=net_overrides)
+        return cls(net, inference, **settings)
 
     @property
     def sources(self) -> list[str]:

@@ -20,7 +20,7 @@ from mss.checkpoint import (
     load_separator,
     save_checkpoint_atomic,
 )
-from mss.errors import CheckpointError
+from mss.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"sources": ["drums", "bass", "other", "vocals"], "channels": 4}
@@ -86,6 +86,52 @@ def test_a_plain_checkpoint_loads_and_rebuilds_its_separator(tmp_path):
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     for name, tensor in separator.state_dict().items():
         torch.testing.assert_close(tensor, saved[f"net.{name}"])
+
+
+def unet_checkpoint(path: Path, **settings) -> Path:
+    """A checkpoint in the layout train.py writes, for a tiny spectrogram U-Net."""
+    from mss.models.unet import UNet
+
+    config = {"_target_": "mss.models.unet.UNet", "sources": TINY["sources"], "n_fft": 256,
+              "hop_length": 64, "channels": [8, 16], "bottleneck": 16, "lstm_layers": 1,
+              **settings}  # fmt: skip
+    torch.manual_seed(0)
+    net = UNet(**{k: v for k, v in config.items() if k != "_target_"})
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    net_config = OmegaConf.to_yaml(OmegaConf.create(config))
+    torch.save({"state_dict": state, "hyper_parameters": {"net_config": net_config}}, path)
+    return path
+
+
+def test_net_overrides_change_an_inference_setting_and_keep_the_weights(tmp_path):
+    ckpt = unet_checkpoint(tmp_path / "unet.ckpt", wiener_iterations=0)
+    plain = load_separator(ckpt)
+    filtered = load_separator(ckpt, net_overrides={"wiener_iterations": 1})
+    assert (plain.wiener_iterations, filtered.wiener_iterations) == (0, 1)
+    for name, tensor in filtered.state_dict().items():
+        torch.testing.assert_close(tensor, plain.state_dict()[name])
+    # the same network as one built with the setting: the override reached the constructor
+    built = unet_checkpoint(tmp_path / "built.ckpt", wiener_iterations=1)
+    mix = torch.randn(1, 2, 4000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(filtered(mix), load_separator(built)(mix))
+        assert not torch.allclose(filtered(mix), plain(mix), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"wiener_iterationz": 1}, ConfigError,
+         r"net_overrides: 'wiener_iterationz' is not a setting of the network in .*unet\.ckpt "
+         r"\(its settings: sources, n_fft"),
+        ({"_target_": "os.system"}, ConfigError, r"'_target_' would change the network"),
+        ({"channels": [8, 32]}, CheckpointError, r"unet\.ckpt: its weights do not fit"),
+    ],
+)  # fmt: skip
+def test_net_overrides_refuse_unknown_keys_targets_and_shapes(tmp_path, overrides, error, message):
+    ckpt = unet_checkpoint(tmp_path / "unet.ckpt")
+    with pytest.raises(error, match=message):
+        load_separator(ckpt, net_overrides=overrides)
 
 
 @pytest.mark.parametrize(

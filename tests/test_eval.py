@@ -295,15 +295,17 @@ def test_eval_from_config_on_tiny_musdb_equals_museval(tiny_musdb_root, tmp_path
 def test_eval_from_config_checkpoint_path(pair_root, tmp_path, monkeypatch, cheap_scorer):
     loaded = []
 
-    def load_separator(path, allowed_targets=()):
-        loaded.append(path)
+    def load_separator(path, allowed_targets=(), net_overrides=None):
+        loaded.append((path, net_overrides))
         return ScaledMixture(PAIR, RATE)
 
     monkeypatch.setattr("mss.checkpoint.load_separator", load_separator)
     overrides = [f"data.sources=[{','.join(PAIR)}]", f"data.sample_rate={RATE}",
-                 "ckpt=some/model.ckpt", "tracks=[toy-test-01]", "split=test"]  # fmt: skip
+                 "ckpt=some/model.ckpt", "tracks=[toy-test-01]", "split=test",
+                 "net_overrides={wiener_iterations:1}"]  # fmt: skip
     summary = evaluate_from_config(eval_config(pair_root, tmp_path / "e", overrides))
-    assert loaded == ["some/model.ckpt"] and summary.tracks == ["toy-test-01"]
+    assert loaded == [("some/model.ckpt", {"wiener_iterations": 1})]
+    assert summary.tracks == ["toy-test-01"]
     meta = simplejson.loads((tmp_path / "e" / "tracks" / "toy-test-01.json").read_text())
     assert meta["mss"]["separator"] == f"ckpt:{Path('some/model.ckpt').resolve()}"
 
