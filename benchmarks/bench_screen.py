@@ -13,7 +13,9 @@ the recipe is not tuned on them.
 Each run has its own folder ``<root>/<preset>/<key>_<value>/seed<S>`` (``base`` without one); a run
 whose ``train.log`` shows the end of the budget is skipped. ``report`` prints, per preset, the
 steps each run made, the best validation SDR and the mean of its last three validations (the
-best alone is the maximum of a noisy curve).
+best alone is the maximum of a noisy curve). It adds the preset's own 30-minute runs of
+``bench_quality.py``, cut at the screening budget: more seeds of the base, though not run side
+by side with the variants.
 """
 
 from __future__ import annotations
@@ -67,22 +69,41 @@ def run(args: argparse.Namespace) -> None:
             print(line, flush=True)
 
 
+def finished_runs(preset_dir: Path) -> list[tuple[str, str, int, list[float]]]:
+    """(run, seed, steps, validation SDRs) of every finished screening run of a preset."""
+    runs = []
+    for run_dir in sorted(preset_dir.glob("*/seed*")):
+        _, sdr, steps = read_curve(run_dir)
+        if steps is not None and sdr:
+            runs.append((run_dir.parent.name, run_dir.name.removeprefix("seed"), steps, sdr))
+    return runs
+
+
+def full_runs_cut(quality_root: Path, preset: str, budget: float) -> list[tuple]:
+    """The preset's full-budget runs of bench_quality, cut at the screening budget: more
+    seeds of the base for free, though not side by side with the screening runs."""
+    runs = []
+    for run_dir in sorted((quality_root / preset).glob("seed*")):
+        cpu, sdr, _ = read_curve(run_dir)
+        cut = [value for minutes, value in zip(cpu, sdr, strict=True) if minutes * 60 <= budget]
+        if cut and cpu[-1] * 60 >= budget:
+            runs.append((f"{BASE} (30-min run)", run_dir.name.removeprefix("seed"), None, cut))
+    return runs
+
+
 def report(args: argparse.Namespace) -> None:
     lines = [
         "| preset | run | seed | steps | best val SDR | last 3 val SDR |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for preset_dir in sorted(path for path in args.root.glob("*") if path.is_dir()):
-        rows = []
-        for run_dir in preset_dir.glob("*/seed*"):
-            _, sdr, steps = read_curve(run_dir)
-            if steps is None or not sdr:
-                continue  # unfinished
-            last = float(np.mean(sdr[-3:]))
-            rows.append((run_dir.parent.name, run_dir.name.removeprefix("seed"), steps, sdr, last))
-        for name, seed, steps, sdr, last in sorted(rows, key=lambda row: -row[4]):
+        runs = finished_runs(preset_dir)
+        runs += full_runs_cut(args.quality_root, preset_dir.name, args.budget)
+        for name, seed, steps, sdr in sorted(runs, key=lambda run: -np.mean(run[3][-3:])):
+            last = np.mean(sdr[-3:])
             lines.append(
-                f"| {preset_dir.name} | {name} | {seed} | {steps} | {max(sdr):.2f} | {last:.2f} |"
+                f"| {preset_dir.name} | {name} | {seed} | {steps or ''} | {max(sdr):.2f} "
+                f"| {last:.2f} |"
             )
     if len(lines) == 2:
         sys.exit(f"no finished screening runs under {args.root}")
@@ -100,7 +121,12 @@ def main() -> None:
     run_parser.add_argument("--seed", type=int, default=1)
     run_parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
     run_parser.add_argument("--budget", type=float, default=600.0, help="CPU seconds per run")
-    sub.add_parser("report", help="markdown table of the finished runs")
+    report_parser = sub.add_parser("report", help="markdown table of the finished runs")
+    report_parser.add_argument(
+        "--quality-root", type=Path, default=REPO / "logs" / "quality",
+        help="bench_quality's runs, whose base runs are cut at --budget and listed too",
+    )  # fmt: skip
+    report_parser.add_argument("--budget", type=float, default=600.0, help="CPU seconds")
     args = parser.parse_args()
     {"run": run, "report": report}[args.action](args)
 
