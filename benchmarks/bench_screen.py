@@ -99,8 +99,8 @@ def report(args: argparse.Namespace) -> None:
     for preset_dir in sorted(path for path in args.root.glob("*") if path.is_dir()):
         runs = finished_runs(preset_dir)
         runs += full_runs_cut(args.quality_root, preset_dir.name, args.budget)
-        for name, seed, steps, sdr in sorted(runs, key=lambda run: -np.mean(run[3][-3:])):
-            last = np.mean(sdr[-3:])
+        rows = [(*run, float(np.mean(run[3][-3:]))) for run in runs]
+        for name, seed, steps, sdr, last in sorted(rows, key=lambda row: -row[4]):
             lines.append(
                 f"| {preset_dir.name} | {name} | {seed} | {steps or ''} | {max(sdr):.2f} "
                 f"| {last:.2f} |"

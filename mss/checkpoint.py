@@ -30,6 +30,7 @@ __all__ = [
     "check_net_config",
     "load_checkpoint",
     "load_separator",
+    "load_separator_from_config",
     "save_checkpoint_atomic",
 ]
 
@@ -229,6 +230,9 @@ def load_separator(
     return net.eval()
 
 
+_MISSING = object()
+
+
 def apply_net_overrides(
     net_config: DictConfig, overrides: Mapping[str, Any], source: str | os.PathLike
 ) -> None:
@@ -250,8 +254,9 @@ def apply_net_overrides(
         OmegaConf.update(net_config, key, value, merge=False)
 
 
-def net_overrides_from_config(cfg: Any) -> dict[str, Any]:
-    """The `net_overrides` mapping of an eval, separate or export config, as plain values."""
+def load_separator_from_config(cfg: Any, ckpt_path: str | os.PathLike) -> nn.Module:
+    """`load_separator` with the `allowed_targets` and `net_overrides` of an eval, separate or
+    export config."""
     overrides = cfg.get("net_overrides") or {}
     if isinstance(overrides, DictConfig):
         overrides = OmegaConf.to_container(overrides, resolve=True)
@@ -260,7 +265,5 @@ def net_overrides_from_config(cfg: Any) -> dict[str, Any]:
             "net_overrides must map settings of the checkpoint's network to values, e.g. "
             f"net_overrides={{wiener_iterations:1}}; got {overrides!r}"
         )
-    return dict(overrides)
-
-
-_MISSING = object()
+    allowed = list(cfg.get("allowed_targets") or [])
+    return load_separator(ckpt_path, allowed_targets=allowed, net_overrides=overrides)

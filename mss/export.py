@@ -480,17 +480,13 @@ def load_exported(
 
 def export_from_config(cfg: Any) -> Path:
     """`python export.py ckpt=PATH format=onnx|torchscript [output=PATH] [segment=SECONDS]`."""
-    from mss.checkpoint import load_separator, net_overrides_from_config
+    from mss.checkpoint import load_separator_from_config
 
     if cfg.format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     if not cfg.ckpt:
         raise CheckpointError("ckpt=PATH is required: the checkpoint train.py wrote")
-    separator = load_separator(
-        cfg.ckpt,
-        allowed_targets=list(cfg.allowed_targets or []),
-        net_overrides=net_overrides_from_config(cfg),
-    )
+    separator = load_separator_from_config(cfg, cfg.ckpt)
     if cfg.segment is None or float(cfg.segment) <= 0:
         raise ConfigError(f"segment must be a positive number of seconds, got {cfg.segment}")
     frames = max(1, int(round(float(cfg.segment) * int(separator.sample_rate))))

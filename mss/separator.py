@@ -125,13 +125,10 @@ def model_from_config(cfg: Any) -> tuple[nn.Module, str]:
             "a checkpoint or an exported file carries its own model"
         )
     if "ckpt" in given:
-        from mss.checkpoint import load_separator, net_overrides_from_config
+        from mss.checkpoint import load_separator_from_config
 
         ckpt = given["ckpt"]
-        allowed = list(cfg.get("allowed_targets") or [])
-        overrides = net_overrides_from_config(cfg)
-        net = load_separator(ckpt, allowed_targets=allowed, net_overrides=overrides)
-        return net, f"ckpt:{Path(ckpt).resolve()}"
+        return load_separator_from_config(cfg, ckpt), f"ckpt:{Path(ckpt).resolve()}"
     if "onnx" in given:
         from mss.export import load_exported
 

@@ -41,10 +41,14 @@ def simple_demucs_checkpoint(path: Path, net_config: dict | str | None = None) -
     from mss.models.simple_demucs import SimpleDemucs
 
     config = {"_target_": "mss.models.simple_demucs.SimpleDemucs", **TINY}
-    net = SimpleDemucs(**TINY)
-    if net_config is None:
-        net_config = OmegaConf.to_yaml(OmegaConf.create(config))
-    elif isinstance(net_config, dict):
+    return save_in_train_layout(
+        path, SimpleDemucs(**TINY), config if net_config is None else net_config
+    )
+
+
+def save_in_train_layout(path: Path, net: torch.nn.Module, net_config: dict | str) -> Path:
+    """`net` saved as train.py saves it: its weights under `net.` and its network config."""
+    if isinstance(net_config, dict):
         net_config = OmegaConf.to_yaml(OmegaConf.create(net_config))
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     torch.save({"state_dict": state, "hyper_parameters": {"net_config": net_config}}, path)
@@ -97,10 +101,7 @@ def unet_checkpoint(path: Path, **settings) -> Path:
               **settings}  # fmt: skip
     torch.manual_seed(0)
     net = UNet(**{k: v for k, v in config.items() if k != "_target_"})
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    net_config = OmegaConf.to_yaml(OmegaConf.create(config))
-    torch.save({"state_dict": state, "hyper_parameters": {"net_config": net_config}}, path)
-    return path
+    return save_in_train_layout(path, net, config)
 
 
 def test_net_overrides_change_an_inference_setting_and_keep_the_weights(tmp_path):
