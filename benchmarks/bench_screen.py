@@ -21,6 +21,7 @@ by side with the variants.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,19 +35,25 @@ BASE = "base"
 
 
 def variants(vary: list[str]) -> list[str]:
-    """``["a=1,2", "b=3"]`` -> ``["a=1", "a=2", "b=3"]``: one override per run."""
+    """``["a=1,2", "b=[3,4]"]`` -> ``["a=1", "a=2", "b=[3,4]"]``: one override per run. Commas
+    inside brackets belong to a list value."""
     runs = []
     for item in vary:
         key, _, values = item.partition("=")
         if not key or not values:
             sys.exit(f"--vary {item!r}: expected key=value[,value...]")
-        runs += [f"{key}={value}" for value in values.split(",")]
+        runs += [f"{key}={value}" for value in re.split(r",(?![^\[]*\])", values)]
     return runs
 
 
+def run_dir_name(override: str) -> str:
+    """A folder name for an override that Hydra reads back as a plain string in
+    ``hydra.run.dir``: "=", brackets and commas are override syntax."""
+    return re.sub(r"[^\w.\-]+", "_", override).strip("_")
+
+
 def run_one(preset: str, override: str, seed: int, root: Path, budget: float) -> str:
-    # "=" is Hydra's override syntax, so it cannot appear in hydra.run.dir
-    run_dir = root / preset / override.replace("=", "_") / f"seed{seed}"
+    run_dir = root / preset / run_dir_name(override) / f"seed{seed}"
     if read_curve(run_dir)[2] is not None:
         return f"{preset} {override} seed {seed}: done before, skipped"
     cmd = [*command(preset, seed, run_dir, budget), "test=false"]
