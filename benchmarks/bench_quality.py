@@ -204,7 +204,10 @@ def plot(found: dict[str, list], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # tab20's dark shades, then its light ones, without its grays: the DSP lines are gray, and
+    # tab10 has only 10 colours for more learned presets
+    tab20 = plt.get_cmap("tab20").colors
+    colors = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
     learned = [preset for preset in found if preset in LEARNED]
     for index, preset in enumerate(learned):
         color = colors[index % len(colors)]
