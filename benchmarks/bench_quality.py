@@ -50,6 +50,8 @@ LEARNED = {
     # the screening's best unet (bench_screen, 10 CPU-minutes): a 512-wide bottleneck, 4x
     # fewer LSTM weights, so more steps in the same CPU time
     "unet_bottleneck512": ["model=unet", "model.bottleneck=512"],
+    # the screening's best simple_demucs: batch 2, twice the updates for the same samples
+    "simple_demucs_batch2": ["model=simple_demucs", "data.batch_size=2"],
     # glibc's malloc defaults (before keep_freed_memory): fewer steps for the same CPU time
     "simple_demucs_glibc_malloc": ["model=simple_demucs", "keep_freed_memory=false"],
     "simple_demucs_mrstft_glibc_malloc": [
