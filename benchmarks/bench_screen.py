@@ -34,15 +34,27 @@ from bench_quality import LEARNED, REPO, command, launch, read_curve  # noqa: E4
 BASE = "base"
 
 
+def split_values(values: str) -> list[str]:
+    """``"1,[2,3],{a:4,b:[5]}"`` -> ``["1", "[2,3]", "{a:4,b:[5]}"]``: the commas between values,
+    not those inside a list or dict value. Values stay as written (Hydra's own sweep parser
+    would turn ``3e-4`` into ``0.0003`` and rename the run folders)."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(values):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(values[start:index])
+            start = index + 1
+    return [*parts, values[start:]]
+
+
 def variants(vary: list[str]) -> list[str]:
-    """``["a=1,2", "b=[3,4]"]`` -> ``["a=1", "a=2", "b=[3,4]"]``: one override per run. Commas
-    inside brackets belong to a list value."""
+    """``["a=1,2", "b=[3,4]"]`` -> ``["a=1", "a=2", "b=[3,4]"]``: one override per run."""
     runs = []
     for item in vary:
         key, _, values = item.partition("=")
         if not key or not values:
             sys.exit(f"--vary {item!r}: expected key=value[,value...]")
-        runs += [f"{key}={value}" for value in re.split(r",(?![^\[]*\])", values)]
+        runs += [f"{key}={value}" for value in split_values(values)]
     return runs
 
 

@@ -12,12 +12,20 @@ from bench_screen import run_dir_name, variants  # noqa: E402
 
 
 def test_variants_split_values_but_not_lists():
-    runs = variants(["module.optimizer.lr=3e-4,3e-3", "model.channels=[128,256,512],[64,128]"])
+    runs = variants(
+        [
+            "module.optimizer.lr=3e-4,3e-3",
+            "model.channels=[128,256,512],[64,128]",
+            "net_overrides={a:1,b:[2,3]},{a:2}",
+        ]
+    )
     assert runs == [
         "module.optimizer.lr=3e-4",
         "module.optimizer.lr=3e-3",
         "model.channels=[128,256,512]",
         "model.channels=[64,128]",
+        "net_overrides={a:1,b:[2,3]}",
+        "net_overrides={a:2}",
     ]
     # folders of earlier runs keep their names
     assert run_dir_name(runs[0]) == "module.optimizer.lr_3e-4"
