@@ -12,10 +12,17 @@ continues where it stopped.
     python benchmarks/bench_quality.py run --presets hpss_repet hpss_nmf
     python benchmarks/bench_quality.py run --runs openunmix:1 simple_demucs:2   # in this order
     python benchmarks/bench_quality.py report --png BENCHMARKS_quality.png
+    python benchmarks/bench_quality.py --root logs/quality_confirm archive \
+        benchmarks/results/quality_confirm
 
 ``report`` prints the markdown table (SiSEC18 SDR per source, their average and uSDR, as mean
 and sample standard deviation over the seeds found) and draws validation SDR against CPU-minutes
 for every run, from the ``EpochSummary`` lines of each run's own ``train.log``.
+
+``archive`` copies each finished run's record (``train.log``, ``eval/summary.csv`` and the
+run's Hydra overrides, a few kB, no checkpoints) into a tracked folder of the same layout, so
+that ``report --root`` on that folder redraws the table and plot of BENCHMARKS.md on any
+machine.
 
 Two runs side by side on two cores are fair: each is pinned to one thread, and the budget counts
 the process's CPU time, not wall time.
@@ -27,6 +34,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -244,6 +252,24 @@ def report(args: argparse.Namespace) -> None:
         plot(found, args.png)
 
 
+RECORD = ("train.log", "eval/summary.csv", ".hydra/overrides.yaml")
+
+
+def archive(args: argparse.Namespace) -> None:
+    """Copy the record of every finished run under ``--root`` to ``args.dest``."""
+    copied = 0
+    for run_dir in sorted(args.root.glob("*/seed*")):
+        if not (run_dir / "eval" / "summary.csv").is_file():
+            continue
+        for name in RECORD:
+            if (run_dir / name).is_file():
+                target = args.dest / run_dir.relative_to(args.root) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run_dir / name, target)
+        copied += 1
+    print(f"archived {copied} finished run(s) from {args.root} to {args.dest}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / "logs" / "quality")
@@ -256,8 +282,10 @@ def main() -> None:
     run_parser.add_argument("--budget", type=float, default=1800.0, help="CPU seconds per run")
     report_parser = sub.add_parser("report", help="markdown table and validation-SDR plot")
     report_parser.add_argument("--png", type=Path, default=None)
+    archive_parser = sub.add_parser("archive", help="copy finished runs' logs and scores")
+    archive_parser.add_argument("dest", type=Path)
     args = parser.parse_args()
-    {"run": run, "report": report}[args.action](args)
+    {"run": run, "report": report, "archive": archive}[args.action](args)
 
 
 if __name__ == "__main__":

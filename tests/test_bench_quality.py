@@ -1,0 +1,45 @@
+"""The quality benchmark's archive: a finished run's record, copied, reports the same scores and
+curve as the run folder it came from; an unfinished run is left out."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_quality import SOURCES, archive, collect, table  # noqa: E402
+
+
+def _finished_run(run_dir: Path, sdr: float) -> None:
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "train.log").write_text(
+        "epoch 0 step 32 | 1.0 min wall, 0.9 min CPU | train/loss 0.1 | val/sdr 1.50 dB (x)\n"
+        "epoch 1 step 64 | 2.0 min wall, 1.8 min CPU | train/loss 0.1 | val/sdr 2.25 dB (x)\n"
+        "CPU time budget of 120 s reached after 64 steps\n"
+    )
+    rows = ["aggregate,metric,source,value"]
+    for index, source in enumerate(SOURCES):
+        rows.append(f"sisec18,SDR,{source},{sdr + index}")
+        rows.append(f"mean,uSDR,{source},{sdr}")
+    (run_dir / "eval" / "summary.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_archive_keeps_what_report_reads(tmp_path):
+    root, dest = tmp_path / "logs", tmp_path / "results"
+    _finished_run(root / "unet" / "seed1", 3.0)
+    _finished_run(root / "simple_demucs" / "seed2", 2.0)
+    (root / "unet" / "seed2").mkdir(parents=True)  # still training: no scores yet
+    (root / "unet" / "seed2" / "train.log").write_text("epoch 0 step 32\n")
+    (root / "unet" / "seed1" / "checkpoints").mkdir()
+    (root / "unet" / "seed1" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+
+    archive(argparse.Namespace(root=root, dest=dest))
+
+    assert collect(dest) == collect(root)
+    runs = collect(dest)
+    assert [seed for seed, _, _ in runs["unet"]] == [1]
+    seed, scores, (cpu, sdr, steps) = runs["unet"][0]
+    assert scores["avg"] == 4.5 and scores["uSDR"] == 3.0
+    assert (cpu, sdr, steps) == ([0.9, 1.8], [1.5, 2.25], 64)
+    assert not (dest / "unet" / "seed2").exists()
+    assert not (dest / "unet" / "seed1" / "checkpoints").exists()
+    assert table(collect(dest)) == table(collect(root))
