@@ -55,8 +55,11 @@ LEARNED = {
         "module/scheduler=cosine",
     ],
     "unet": ["model=unet"],
+    # unet's default until issue 11's confirmation (the seed report's 2048-wide bottleneck);
+    # the main table's unet rows and the confirmation's base ran this
+    "unet_bottleneck2048": ["model=unet", "model.bottleneck=2048"],
     # the screening's best unet (bench_screen, 10 CPU-minutes): a 512-wide bottleneck, 4x
-    # fewer LSTM weights, so more steps in the same CPU time
+    # fewer LSTM weights, so more steps in the same CPU time; unet's default since
     "unet_bottleneck512": ["model=unet", "model.bottleneck=512"],
     # the screening's best simple_demucs: batch 2, twice the updates for the same samples
     "simple_demucs_batch2": ["model=simple_demucs", "data.batch_size=2"],

@@ -3,7 +3,7 @@
 The mixture's magnitude STFT is read as a 1-D signal over time whose channels are the
 frequency bins of every audio channel (``C * F`` of them). An encoder of
 ``Conv1d + BatchNorm + ReLU`` pairs with max-pooling between them narrows it to
-256 -> 512 -> 1024 channels; the bottleneck widens to 2048 and runs a 2-layer BiLSTM over
+256 -> 512 -> 1024 channels; a 512-wide bottleneck runs a 2-layer BiLSTM over
 time; a decoder of transposed convolutions with skip connections comes back up and a 1x1
 convolution emits one mask per source, channel and bin. The masks multiply the complex
 mixture STFT (so the mixture phase is kept; no Griffin-Lim) and the iSTFT gives waveforms.
@@ -124,7 +124,8 @@ class UNet(nn.Module):
         n_fft (int): FFT size; ``n_fft // 2 + 1`` bins per channel feed the network.
         hop_length (int): STFT hop in samples (at most ``n_fft // 4`` for exact resynthesis).
         channels (Sequence[int]): encoder widths (256, 512, 1024).
-        bottleneck (int): bottleneck width, also the BiLSTM's output (2048; even).
+        bottleneck (int): bottleneck width, also the BiLSTM's output (512; even). The seed
+            report's 2048 trains worse per CPU-minute (BENCHMARKS.md, issue 11).
         lstm_layers (int): BiLSTM layers at the bottleneck.
         kernel_size (int): odd kernel of the convolutions.
         mask (str): mask activation, ``"sigmoid"`` or ``"relu"``.
@@ -134,7 +135,7 @@ class UNet(nn.Module):
             (0 = off). Training always optimises the plain masked estimates, as open-unmix.
         wiener_eps (float): regularisation of the Wiener filter.
 
-    With the defaults and 4 stereo sources the model has 88,030,476 parameters
+    With the defaults and 4 stereo sources the model has 32,952,588 parameters
     (``per_target`` roughly multiplies that by the number of sources).
     """
 
@@ -148,7 +149,7 @@ class UNet(nn.Module):
         n_fft: int = 4096,
         hop_length: int = 1024,
         channels: Sequence[int] = (256, 512, 1024),
-        bottleneck: int = 2048,
+        bottleneck: int = 512,
         lstm_layers: int = 2,
         kernel_size: int = 3,
         mask: str = "sigmoid",
