@@ -182,6 +182,24 @@ def test_unet_unit_masks_give_back_the_mixture():
         assert torch.allclose(out[:, s], mix, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_target", [False, True])
+def test_unet_softmax_masks_split_the_mixture(per_target):
+    """mask=softmax: each bin's masks sum to one across sources, so the stems sum to the mix."""
+    torch.manual_seed(0)
+    model = UNet(
+        SOURCES, n_fft=256, hop_length=64, channels=[8], bottleneck=8, mask="softmax",
+        per_target=per_target,
+    ).eval()  # fmt: skip
+    mix = torch.randn(2, 2, 3001)
+    with torch.no_grad():
+        out = model(mix)
+    assert torch.allclose(out.sum(dim=1), mix, atol=1e-5)
+    # and the split is the network's, not an even one
+    assert (out - mix[:, None] / len(SOURCES)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="softmax"):
+        UNet(SOURCES, mask="tanh")
+
+
 def _wiener_reference(mags, mix, iterations, eps=1e-10, scale_factor=10.0):
     """open-unmix's wiener()/expectation_maximization() as plain loops, one batch item.
 

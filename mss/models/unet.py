@@ -49,7 +49,8 @@ class _MaskNet(nn.Module):
         bottleneck (int): width of the bottleneck and of the BiLSTM output.
         lstm_layers (int): BiLSTM layers (0 = none).
         kernel_size (int): odd kernel of the convolutions.
-        mask (str): ``"sigmoid"`` (masks in [0, 1]) or ``"relu"`` (unbounded, as open-unmix).
+        mask (str): ``"sigmoid"`` (masks in [0, 1]), ``"relu"`` (unbounded, as open-unmix) or
+            ``"softmax"``: the head's raw outputs, which `UNet` normalises across sources.
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class _MaskNet(nn.Module):
             self.decoder.append(_double_conv(2 * width, width, kernel_size))
             chin = width
         self.head = nn.Conv1d(chin, out_channels, 1)
-        self.activation = {"sigmoid": torch.sigmoid, "relu": F.relu}[mask]
+        self.activation = {"sigmoid": torch.sigmoid, "relu": F.relu, "softmax": nn.Identity()}[mask]
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, in_channels, N] magnitudes -> [B, out_channels, N] masks."""
@@ -128,7 +129,8 @@ class UNet(nn.Module):
             report's 2048 trains worse per CPU-minute (BENCHMARKS.md, issue 11).
         lstm_layers (int): BiLSTM layers at the bottleneck.
         kernel_size (int): odd kernel of the convolutions.
-        mask (str): mask activation, ``"sigmoid"`` or ``"relu"``.
+        mask (str): mask activation: ``"sigmoid"``, ``"relu"`` or ``"softmax"`` (across
+            sources, per channel and bin: the masks sum to one, so the stems sum to the mixture).
         per_target (bool): one network per source (the seed's setup) instead of one network
             emitting every source's mask.
         wiener_iterations (int): multichannel Wiener EM iterations applied in eval mode
@@ -168,13 +170,14 @@ class UNet(nn.Module):
             raise ValueError(f"kernel_size must be odd to keep frame counts, got {kernel_size}.")
         if bottleneck % 2:
             raise ValueError(f"bottleneck must be even (two LSTM directions), got {bottleneck}.")
-        if mask not in ("sigmoid", "relu"):
-            raise ValueError(f"mask must be 'sigmoid' or 'relu', got {mask!r}.")
+        if mask not in ("sigmoid", "relu", "softmax"):
+            raise ValueError(f"mask must be 'sigmoid', 'relu' or 'softmax', got {mask!r}.")
         if not channels:
             raise ValueError("channels must list at least one encoder width.")
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.per_target = per_target
+        self.mask = mask
         self.wiener_iterations = wiener_iterations
         self.wiener_eps = wiener_eps
 
@@ -213,6 +216,9 @@ class UNet(nn.Module):
         x = mag.reshape(batch, channels * bins, frames)
         masks = torch.cat([net(x) for net in self.nets], dim=1)
         masks = masks.reshape(batch, len(self.sources), channels, bins, frames)
+        if self.mask == "softmax":
+            # across sources: with per_target the networks' outputs meet only here
+            masks = masks.softmax(dim=1)
 
         if self.wiener_iterations > 0 and not self.training:
             est = wiener(masks * mag[:, None], spec, self.wiener_iterations, self.wiener_eps)
