@@ -87,3 +87,24 @@ def test_inference_settings_refuse_bad_values():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "batch_size"),
+    [
+        # the measured per-model recipe (conf/experiment_model/bench_simple_demucs.yaml)
+        (["experiment=bench", "model=simple_demucs"], 2),
+        (["experiment=bench"], 2),  # simple_demucs is the default model
+        # a model without its own recipe keeps the experiment's batch
+        (["experiment=bench", "model=unet"], 4),
+        # the command line wins over both
+        (["experiment=bench", "model=simple_demucs", "data.batch_size=8"], 8),
+        # no experiment: no per-model recipe either
+        (["model=simple_demucs"], None),
+    ],
+)
+def test_experiment_model_recipe(overrides, batch_size):
+    cfg = compose_train(overrides)
+    if batch_size is None:
+        batch_size = compose_train(["model=unet"]).data.batch_size  # the data config's own
+    assert cfg.data.batch_size == batch_size
