@@ -71,6 +71,9 @@ LEARNED = {
     # the screening's best simple_demucs: batch 2, twice the updates for the same samples;
     # the confirmation's challenger, simple_demucs' bench default since
     "simple_demucs_batch2": ["model=simple_demucs", "data.batch_size=2"],
+    # the screening's direction for unet's mask (bench_screen, 10 CPU-minutes): masks normalised
+    # across sources, so the stems sum to the mixture
+    "unet_softmax": ["model=unet", "model.mask=softmax"],
     # glibc's malloc defaults (before keep_freed_memory): fewer steps for the same CPU time
     "simple_demucs_glibc_malloc": ["model=simple_demucs", "keep_freed_memory=false", BATCH4],
     "simple_demucs_mrstft_glibc_malloc": [

@@ -1,12 +1,27 @@
-"""The quality benchmark's archive: a finished run's record, copied, reports the same scores and
+"""The quality benchmark: every preset composes and builds its model (a typo would otherwise
+surface 35 minutes into a sweep); a finished run's record, archived, reports the same scores and
 curve as the run folder it came from; an unfinished run is left out."""
 
 import argparse
 import sys
 from pathlib import Path
 
+import pytest
+from hydra.utils import instantiate
+
+from tests.test_train import compose_train
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_quality import SOURCES, archive, collect, table  # noqa: E402
+from bench_quality import LEARNED, SOURCES, archive, collect, table  # noqa: E402
+
+
+@pytest.mark.parametrize("preset", sorted(LEARNED))
+def test_preset_composes_and_builds(preset, tmp_path):
+    cfg = compose_train(["experiment=bench", *LEARNED[preset], f"paths.output_dir={tmp_path}"])
+    model = instantiate(cfg.model)
+    assert list(model.sources) == list(cfg.data.sources)
+    if preset == "unet_softmax":
+        assert model.mask == "softmax"
 
 
 def _finished_run(run_dir: Path, sdr: float) -> None:
