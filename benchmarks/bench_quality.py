@@ -5,8 +5,9 @@ budget of CPU seconds of one training thread (30 CPU-minutes unless ``--budget``
 seed; the best checkpoint by validation SDR is then scored on the benchmark set's test tracks
 by museval (``test=true``). The DSP baselines have nothing to train or seed: ``eval.py`` scores
 them once. Each run has its own folder ``<root>/<preset>/seed<S>`` (``seed0`` for the DSP
-baselines); a run whose ``eval/summary.csv`` exists is skipped, so an interrupted sweep
-continues where it stopped.
+baselines); a run whose ``eval/summary.csv`` exists is skipped and one killed half-way resumes
+from its last checkpoint (``ckpt_path=auto``), so an interrupted sweep continues where it
+stopped.
 
     python benchmarks/bench_quality.py run --presets simple_demucs openunmix --seeds 1 2 3 --jobs 2
     python benchmarks/bench_quality.py run --presets hpss_repet hpss_nmf
@@ -111,6 +112,8 @@ def command(preset: str, seed: int, run_dir: Path, budget: float) -> list[str]:
     return [
         python, "train.py", "experiment=bench", f"seed={seed}", *LEARNED[preset],
         f"callbacks.cpu_budget.max_cpu_seconds={budget:g}", f"hydra.run.dir={run_dir}",
+        # a run killed half-way (a reboot) picks up its last checkpoint, CPU time spent included
+        "ckpt_path=auto",
     ]  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """The quality benchmark: every preset composes and builds its model (a typo would otherwise
 surface 35 minutes into a sweep); a finished run's record, archived, reports the same scores and
-curve as the run folder it came from; an unfinished run is left out."""
+curve as the run folder it came from; an unfinished run is left out; a killed one resumes."""
 
 import argparse
 import sys
@@ -10,9 +10,10 @@ import pytest
 from hydra.utils import instantiate
 
 from tests.test_train import compose_train
+from train import resolve_ckpt_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_quality import LEARNED, SOURCES, archive, collect, table  # noqa: E402
+from bench_quality import LEARNED, SOURCES, archive, collect, command, table  # noqa: E402
 
 
 @pytest.mark.parametrize("preset", sorted(LEARNED))
@@ -22,6 +23,19 @@ def test_preset_composes_and_builds(preset, tmp_path):
     assert list(model.sources) == list(cfg.data.sources)
     if preset == "unet_softmax":
         assert model.mask == "softmax"
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "unet" / "seed1"
+    overrides = [arg for arg in command("unet", 1, run_dir, 60)[2:] if "hydra." not in arg]
+    cfg = compose_train([*overrides, f"paths.output_dir={run_dir}"])
+    assert cfg.callbacks.cpu_budget.max_cpu_seconds == 60
+    assert resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir) is None  # a fresh start
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    assert resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir) == str(
+        run_dir / "checkpoints" / "last.ckpt"
+    )
 
 
 def _finished_run(run_dir: Path, sdr: float) -> None:
