@@ -85,6 +85,9 @@ LEARNED = {
     ],
     "hdemucs_low": ["model=hdemucs_low"],
     "openunmix": ["model=openunmix"],
+    # the screening's direction for Open-Unmix (bench_screen, 10 CPU-minutes), as it was for
+    # simple_demucs: batch 2, twice the updates for the same samples
+    "openunmix_batch2": ["model=openunmix", "data.batch_size=2"],
     "htdemucs_small": ["model=htdemucs_small"],
     "bs_roformer_small": ["model=bs_roformer_small"],
 }
