@@ -11,8 +11,9 @@ the recipe is not tuned on them.
     python benchmarks/bench_screen.py report
 
 Each run has its own folder ``<root>/<preset>/<key>_<value>/seed<S>`` (``base`` without one); a run
-whose ``train.log`` shows the end of the budget is skipped. ``report`` prints, per preset, the
-steps each run made, the best validation SDR and the mean of its last three validations (the
+whose ``train.log`` shows the end of the budget is skipped, one killed half-way resumes from its
+last checkpoint. ``report`` prints, per preset, the steps each run made, the best validation
+SDR and the mean of its last three validations (the
 best alone is the maximum of a noisy curve). It adds the preset's own 30-minute runs of
 ``bench_quality.py``, cut at the screening budget: more seeds of the base, though not run side
 by side with the variants.
