@@ -75,6 +75,9 @@ LEARNED = {
     # the screening's direction for unet's mask (bench_screen, 10 CPU-minutes): masks normalised
     # across sources, so the stems sum to the mixture
     "unet_softmax": ["model=unet", "model.mask=softmax"],
+    # the screening's direction for unet's depth (bench_screen, 10 CPU-minutes): two encoder
+    # levels instead of three; the 1024-wide level's convolutions are most of a step's cost
+    "unet_channels2": ["model=unet", "model.channels=[256,512]"],
     # glibc's malloc defaults (before keep_freed_memory): fewer steps for the same CPU time
     "simple_demucs_glibc_malloc": ["model=simple_demucs", "keep_freed_memory=false", BATCH4],
     "simple_demucs_mrstft_glibc_malloc": [

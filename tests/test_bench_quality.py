@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -23,7 +24,11 @@ def test_preset_composes_and_builds(preset, tmp_path):
     for override in LEARNED[preset]:
         key, _, value = override.partition("=")
         if "." in key:  # a value, not a group: it wins over experiment(_model) defaults
-            assert str(OmegaConf.select(cfg, key)) == value, override
+            selected = OmegaConf.select(cfg, key)
+            if OmegaConf.is_config(selected):  # a list or dict value: compare the contents
+                assert OmegaConf.to_container(selected) == yaml.safe_load(value), override
+            else:
+                assert str(selected) == value, override
     model = instantiate(cfg.model)
     assert list(model.sources) == list(cfg.data.sources)
 
