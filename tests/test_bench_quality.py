@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -17,18 +17,21 @@ from train import resolve_ckpt_path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_quality import LEARNED, SOURCES, archive, collect, command, table  # noqa: E402
 
+OVERRIDES = OverridesParser.create()
+
 
 @pytest.mark.parametrize("preset", sorted(LEARNED))
 def test_preset_composes_and_builds(preset, tmp_path):
     cfg = compose_train(["experiment=bench", *LEARNED[preset], f"paths.output_dir={tmp_path}"])
     for override in LEARNED[preset]:
-        key, _, value = override.partition("=")
+        key = override.partition("=")[0]
         if "." in key:  # a value, not a group: it wins over experiment(_model) defaults
+            # Hydra's own parser reads the value as the command line does (3e-4, [256,512])
+            expected = OVERRIDES.parse_overrides([override])[0].value()
             selected = OmegaConf.select(cfg, key)
-            if OmegaConf.is_config(selected):  # a list or dict value: compare the contents
-                assert OmegaConf.to_container(selected) == yaml.safe_load(value), override
-            else:
-                assert str(selected) == value, override
+            if OmegaConf.is_config(selected):
+                selected = OmegaConf.to_container(selected)
+            assert selected == expected, override
     model = instantiate(cfg.model)
     assert list(model.sources) == list(cfg.data.sources)
 
