@@ -81,9 +81,14 @@ def read_track(folder: Path) -> tuple[Tensor, Tensor]:
 
 
 def magnitude_sets(
-    mix: Tensor, stems: Tensor, models: dict[str, torch.nn.Module], n_fft: int, hop: int
+    mix: Tensor,
+    mix_spec: Tensor,
+    stems: Tensor,
+    models: dict[str, torch.nn.Module],
+    n_fft: int,
+    hop: int,
 ) -> dict[str, Tensor]:
-    mix_spec, stem_spec = stft(mix, n_fft, hop), stft(stems, n_fft, hop)
+    stem_spec = stft(stems, n_fft, hop)
     sets = {
         "oracle |S_j|": stem_spec.abs(),
         "oracle phase-sensitive": (stem_spec * mix_spec.conj()).real.clamp_min(0)
@@ -120,7 +125,9 @@ def main() -> None:
     for track in tracks:
         mix, stems = read_track(args.data_root / "train" / track)
         mix_spec = stft(mix, args.n_fft, args.hop)
-        for name, magnitudes in magnitude_sets(mix, stems, models, args.n_fft, args.hop).items():
+        for name, magnitudes in magnitude_sets(
+            mix, mix_spec, stems, models, args.n_fft, args.hop
+        ).items():
             sums.setdefault(name, []).append(energy_weighted_sum(magnitudes, mix_spec))
             for how in FILTERS:
                 spec = resynthesise(magnitudes, mix_spec, how)
