@@ -233,13 +233,19 @@ def _wiener_reference(mags, mix, iterations, eps=1e-10, scale_factor=10.0):
     return y * scale
 
 
+def _wiener_inputs(seed: int, channels: int, bins: int, frames: int):
+    """A loud complex mixture (it needs the filter's rescaling) and magnitudes below it, for
+    2 items and 3 sources, in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    mix = 30 * torch.randn(2, channels, bins, frames, dtype=torch.complex128, generator=gen)
+    mags = torch.rand(2, 3, channels, bins, frames, dtype=torch.float64, generator=gen)
+    return mags * mix.abs()[:, None], mix
+
+
 @pytest.mark.parametrize("iterations", [0, 1, 2])
 @pytest.mark.parametrize("channels", [1, 2])
 def test_wiener_matches_open_unmix_algorithm(iterations, channels):
-    gen = torch.Generator().manual_seed(iterations + 10 * channels)
-    mix = 30 * torch.randn(2, channels, 5, 7, dtype=torch.complex128, generator=gen)
-    mags = torch.rand(2, 3, channels, 5, 7, dtype=torch.float64, generator=gen)
-    mags = mags * mix.abs()[:, None]
+    mags, mix = _wiener_inputs(iterations + 10 * channels, channels, 5, 7)
     out = wiener(mags, mix, iterations)
     for b in range(2):
         ref = _wiener_reference(mags[b].numpy(), mix[b].numpy(), iterations)
@@ -263,10 +269,7 @@ def _openunmix_wiener(mags: torch.Tensor, mix: torch.Tensor, iterations: int) ->
 def test_wiener_equals_openunmix_package(iterations, channels):
     """Same numbers as ``openunmix.filtering.wiener`` (softmask=False, residual=False), the
     filter that model=openunmix runs, on a mixture loud enough to need its rescaling."""
-    gen = torch.Generator().manual_seed(iterations + 10 * channels)
-    mix = 30 * torch.randn(2, channels, 9, 11, dtype=torch.complex128, generator=gen)
-    mags = torch.rand(2, 3, channels, 9, 11, dtype=torch.float64, generator=gen)
-    mags = mags * mix.abs()[:, None]
+    mags, mix = _wiener_inputs(iterations + 10 * channels, channels, 9, 11)
     out = wiener(mags, mix, iterations)
     for b in range(2):
         ref = _openunmix_wiener(mags[b], mix[b], iterations)
