@@ -181,17 +181,23 @@ def read_scores(run_dir: Path) -> dict[str, float] | None:
 
 
 def read_curve(run_dir: Path) -> tuple[list[float], list[float], int | None]:
-    """(CPU-minutes, validation SDR) after every validation, and the steps the budget allowed."""
-    cpu, sdr, steps = [], [], None
+    """(CPU-minutes, validation SDR) after every validation, and the steps the budget allowed.
+
+    A run killed and resumed appends to its train.log from its last checkpoint: validations
+    logged after that checkpoint appear twice, and the resumed run's lines replace them.
+    """
+    curve: list[tuple[int, float, float]] = []  # (step, CPU-minutes, SDR)
+    steps = None
     log = run_dir / "train.log"
     if log.is_file():
         for line in log.read_text().splitlines():
             if match := EPOCH_LINE.search(line):
-                cpu.append(float(match["cpu"]))
-                sdr.append(float(match["sdr"]))
+                step = int(match["step"])
+                curve = [point for point in curve if point[0] < step]
+                curve.append((step, float(match["cpu"]), float(match["sdr"])))
             if match := BUDGET_LINE.search(line):
                 steps = int(match["steps"])
-    return cpu, sdr, steps
+    return [point[1] for point in curve], [point[2] for point in curve], steps
 
 
 def _cell(values: list[float]) -> str:

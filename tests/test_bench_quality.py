@@ -15,7 +15,15 @@ from tests.test_train import compose_train
 from train import resolve_ckpt_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_quality import LEARNED, SOURCES, archive, collect, command, table  # noqa: E402
+from bench_quality import (  # noqa: E402
+    LEARNED,
+    SOURCES,
+    archive,
+    collect,
+    command,
+    read_curve,
+    table,
+)
 
 OVERRIDES = OverridesParser.create()
 
@@ -47,6 +55,21 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir) == str(
         run_dir / "checkpoints" / "last.ckpt"
     )
+
+
+def test_a_resumed_run_s_curve_keeps_the_resumed_validations(tmp_path):
+    """Killed after its step-96 validation but checkpointed at step 64, the run logs step 96
+    again on resuming: the curve has each step once, the later line winning."""
+    (tmp_path / "train.log").write_text(
+        "epoch 0 step 32 | 1.0 min wall, 0.9 min CPU | train/loss 0.1 | val/sdr 1.50 dB (x)\n"
+        "epoch 1 step 64 | 2.0 min wall, 1.8 min CPU | train/loss 0.1 | val/sdr 2.25 dB (x)\n"
+        "epoch 2 step 96 | 3.0 min wall, 2.7 min CPU | train/loss 0.1 | val/sdr 2.50 dB (x)\n"
+        "Restoring states from the checkpoint path at last.ckpt\n"
+        "epoch 2 step 96 | 3.5 min wall, 2.8 min CPU | train/loss 0.1 | val/sdr 2.40 dB (x)\n"
+        "epoch 3 step 128 | 4.5 min wall, 3.7 min CPU | train/loss 0.1 | val/sdr 2.75 dB (x)\n"
+        "CPU time budget of 240 s reached after 128 steps\n"
+    )
+    assert read_curve(tmp_path) == ([0.9, 1.8, 2.8, 3.7], [1.5, 2.25, 2.4, 2.75], 128)
 
 
 def _finished_run(run_dir: Path, sdr: float) -> None:
