@@ -8,7 +8,6 @@ from hydra.utils import instantiate
 from openunmix import filtering as openunmix_filtering
 
 from mss.losses import SeparationLoss
-from mss.models import _wiener as _wiener_module
 from mss.models._stft import istft, stft
 from mss.models._wiener import wiener
 from mss.models.hdemucs import HDemucs
@@ -279,18 +278,6 @@ def test_wiener_equals_openunmix_package(iterations, channels):
         # an exactly representable eps does not change it. The exact algorithm is pinned by
         # test_wiener_matches_open_unmix_algorithm; this test pins the package's numbers.
         torch.testing.assert_close(out[b], ref, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("frames", [1, 7])
-def test_wiener_stereo_step_equals_the_general_step(frames):
-    """The written-out two-channel EM step is the general one's algebra (batched 2x2
-    matmuls and inverses), to float64 rounding."""
-    mags, mix = _wiener_inputs(5, 2, 9, frames)
-    x = mix.to(torch.complex128)
-    y = torch.polar(mags.double(), x.angle()[:, None])
-    general = _wiener_module._em_step(y, x, 1e-10)
-    stereo = _wiener_module._em_step_stereo(y, x, 1e-10)
-    torch.testing.assert_close(stereo, general, rtol=1e-10, atol=1e-12)
 
 
 def test_wiener_estimates_sum_to_the_mixture():
