@@ -108,3 +108,17 @@ def test_experiment_model_recipe(overrides, batch_size):
     if batch_size is None:
         batch_size = compose_train(["model=unet"]).data.batch_size  # the data config's own
     assert cfg.data.batch_size == batch_size
+
+
+@pytest.mark.parametrize(
+    ("overrides", "hidden_size"),
+    [
+        # the measured recipe (conf/experiment_model/bench_openunmix.yaml)
+        (["experiment=bench", "model=openunmix"], 256),
+        # outside the benchmark the model is the package's umxhq
+        (["model=openunmix"], 512),
+        (["experiment=bench", "model=openunmix", "model.hidden_size=512"], 512),
+    ],
+)
+def test_bench_openunmix_recipe(overrides, hidden_size):
+    assert compose_train(overrides).model.hidden_size == hidden_size
