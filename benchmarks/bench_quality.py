@@ -210,9 +210,13 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
-def collect(root: Path) -> dict[str, list[tuple[int, dict, tuple]]]:
+def collect(
+    root: Path, presets: list[str] | None = None
+) -> dict[str, list[tuple[int, dict, tuple]]]:
+    """(seed, scores, curve) of every finished run under ``root``, per preset; only ``presets``
+    when given, in their order (the plot's legend follows it)."""
     found: dict[str, list] = {}
-    for preset in [*LEARNED, *DSP]:
+    for preset in presets or [*LEARNED, *DSP]:
         for run_dir in sorted((root / preset).glob("seed*")):
             scores = read_scores(run_dir)
             if scores is not None:
@@ -279,7 +283,10 @@ def plot(found: dict[str, list], png: Path) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    found = collect(args.root)
+    unknown = [preset for preset in args.presets or [] if preset not in [*LEARNED, *DSP]]
+    if unknown:
+        sys.exit(f"--presets: unknown {unknown}; known: {[*LEARNED, *DSP]}")
+    found = collect(args.root, args.presets)
     if not found:
         sys.exit(f"no finished runs under {args.root}")
     print(table(found))
@@ -319,6 +326,7 @@ def main() -> None:
     run_parser.add_argument("--budget", type=float, default=1800.0, help="CPU seconds per run")
     report_parser = sub.add_parser("report", help="markdown table and validation-SDR plot")
     report_parser.add_argument("--png", type=Path, default=None)
+    report_parser.add_argument("--presets", nargs="+", help="only these, in this order")
     archive_parser = sub.add_parser("archive", help="copy finished runs' logs and scores")
     archive_parser.add_argument("dest", type=Path)
     args = parser.parse_args()

@@ -22,6 +22,7 @@ from bench_quality import (  # noqa: E402
     collect,
     command,
     read_curve,
+    report,
     table,
 )
 
@@ -106,3 +107,17 @@ def test_archive_keeps_what_report_reads(tmp_path):
     assert not (dest / "unet" / "seed2").exists()
     assert not (dest / "unet" / "seed1" / "checkpoints").exists()
     assert table(collect(dest)) == table(collect(root))
+
+
+def test_report_keeps_only_the_presets_asked_for_in_their_order(tmp_path, capsys):
+    root = tmp_path / "logs"
+    _finished_run(root / "unet" / "seed1", 3.0)
+    _finished_run(root / "simple_demucs" / "seed2", 2.0)
+
+    assert list(collect(root)) == ["simple_demucs", "unet"]
+    assert list(collect(root, ["unet", "simple_demucs"])) == ["unet", "simple_demucs"]
+    assert list(collect(root, ["simple_demucs", "openunmix"])) == ["simple_demucs"]
+    report(argparse.Namespace(root=root, presets=["unet"], png=None))
+    assert "| unet |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown \\['unet_typo'\\]"):
+        report(argparse.Namespace(root=root, presets=["unet_typo"], png=None))
