@@ -79,6 +79,13 @@ class SeparationLoss(nn.Module):
         w_lin_mag (float): auraloss linear-magnitude weight inside each resolution.
         silence_threshold (float): auraloss form: reference RMS (over the batch, per source)
             at or below which the STFT term of that source is dropped; -80 dBFS by default.
+        resolutions_per_step (int | None): complex form: in training, the STFT term of each
+            step uses this many of the resolutions, drawn at random without replacement, and
+            averages them; ``None`` = all. The mean over the draws is the full term, so the
+            gradient is the full term's on average, at a fraction of its cost. In eval mode
+            (validation) every resolution counts. The draws come from a generator of their own
+            (``resolution_seed``), so the data's random chunks are the same as without them.
+        resolution_seed (int): seed of that generator.
     """
 
     def __init__(
@@ -96,6 +103,8 @@ class SeparationLoss(nn.Module):
         w_log_mag: float = 1.0,
         w_lin_mag: float = 0.0,
         silence_threshold: float = 1e-4,
+        resolutions_per_step: int | None = None,
+        resolution_seed: int = 0,
     ) -> None:
         super().__init__()
         if not sources:
@@ -116,6 +125,16 @@ class SeparationLoss(nn.Module):
             raise ValueError(f"stft_form must be one of {STFT_FORMS}, got {stft_form!r}.")
         self.stft_form = stft_form
         self.resolutions = list(zip(fft_sizes, hop_sizes, win_lengths, strict=True))
+        if resolutions_per_step is not None:
+            if stft_form != "complex":
+                raise ValueError("resolutions_per_step needs stft_form='complex'.")
+            if not 1 <= resolutions_per_step <= len(self.resolutions):
+                raise ValueError(
+                    f"resolutions_per_step must be in 1..{len(self.resolutions)} (the number of "
+                    f"fft_sizes), got {resolutions_per_step}."
+                )
+        self.resolutions_per_step = resolutions_per_step
+        self.resolution_generator = torch.Generator().manual_seed(int(resolution_seed))
         self.sources = list(sources)
         self.l1_weight = float(l1_weight)
         self.stft_weight = float(stft_weight)
@@ -195,13 +214,22 @@ class SeparationLoss(nn.Module):
         batch, sources, channels, frames = error.shape
         flat = error.transpose(0, 1).reshape(sources * batch * channels, frames)
         total = error.new_zeros(sources)
-        for n_fft, hop, win_length in self.resolutions:
+        resolutions = self.step_resolutions()
+        for n_fft, hop, win_length in resolutions:
             window = getattr(self, f"window_{n_fft}_{win_length}")
             sums = stft_magnitude_sum(flat, n_fft, hop, window).reshape(sources, -1).sum(dim=1)
             # torch.stft's shape with center=True: 1 + frames // hop frames of n_fft // 2 + 1 bins
             count = batch * channels * (1 + frames // hop) * (n_fft // 2 + 1)
             total = total + sums / count
-        return total / len(self.resolutions)
+        return total / len(resolutions)
+
+    def step_resolutions(self) -> list[tuple[int, int, int]]:
+        """The (n_fft, hop, win_length) of this step's STFT term: ``resolutions_per_step`` of
+        them drawn at random in training, all of them otherwise."""
+        if self.resolutions_per_step is None or not self.training:
+            return self.resolutions
+        draw = torch.randperm(len(self.resolutions), generator=self.resolution_generator)
+        return [self.resolutions[i] for i in sorted(draw[: self.resolutions_per_step].tolist())]
 
     def _auraloss_stft(self, est: Tensor, ref: Tensor) -> Tensor:
         stft = torch.stack(

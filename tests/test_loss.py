@@ -103,7 +103,7 @@ def test_bad_inputs():
         SeparationLoss(SOURCES, hop_sizes=[128])
 
 
-@pytest.mark.parametrize("name", ["l1_auraloss", "l1_mrstft", "l1"])
+@pytest.mark.parametrize("name", ["l1_auraloss", "l1_mrstft", "l1_mrstft_sampled", "l1"])
 def test_loss_configs_instantiate(name):
     from pathlib import Path
 
@@ -126,6 +126,9 @@ def test_loss_configs_instantiate(name):
         assert (loss.l1_weight, loss.stft_weight, loss.stft_form) == (1.0, 1.0, "complex")
         assert [r[0] for r in loss.resolutions] == [512, 1024, 2048]
         assert [r[1] for r in loss.resolutions] == [128, 256, 512]
+        per_step = 1 if name == "l1_mrstft_sampled" else None
+        assert loss.resolutions_per_step == per_step
+        assert len(loss.step_resolutions()) == (per_step or 3)
 
 
 def complex_mrstft_reference(est, ref, sizes=(512, 1024, 2048)):
@@ -230,3 +233,37 @@ def test_stft_magnitude_sum_gradient_at_a_zero_bin_is_zero_and_backward_runs_onc
     assert torch.equal(x.grad, torch.zeros_like(x))
     with pytest.raises(RuntimeError, match="run it once"):
         total.backward()
+
+
+def test_sampled_resolutions_average_to_the_full_term_and_validate_on_all():
+    est, ref = _pair()
+    full = SeparationLoss(SOURCES, 0.0, 1.0, stft_form="complex")
+    sampled = SeparationLoss(SOURCES, 0.0, 1.0, stft_form="complex", resolutions_per_step=1)
+    single = {
+        n: complex_mrstft_reference(est, ref, sizes=(n,)) for n in (512, 1024, 2048)
+    }  # each step's term is one resolution's, exactly
+    for _ in range(12):
+        value = sampled.per_source(est, ref)
+        matches = [n for n, term in single.items() if torch.allclose(value, term, rtol=1e-5)]
+        assert len(matches) == 1
+    # every resolution is drawn about equally often (within 5 sigma of 600 / 3), so the mean
+    # of the draws is the full term
+    drawn = [sampled.step_resolutions()[0][0] for _ in range(600)]
+    assert {n: drawn.count(n) for n in single} == pytest.approx({n: 200 for n in single}, abs=58)
+    sampled.eval()  # validation: every resolution, the full term
+    torch.testing.assert_close(sampled.per_source(est, ref), full.per_source(est, ref))
+    # the draws have a generator of their own: the same sequence for the same seed, and the
+    # global generator (the data's random chunks) untouched
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    again = SeparationLoss(SOURCES, 0.0, 1.0, stft_form="complex", resolutions_per_step=2)
+    other = SeparationLoss(SOURCES, 0.0, 1.0, stft_form="complex", resolutions_per_step=2)
+    assert [again.step_resolutions() for _ in range(5)] == [
+        other.step_resolutions() for _ in range(5)
+    ]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(len(again.step_resolutions()) == 2 for _ in range(5))
+    with pytest.raises(ValueError, match="resolutions_per_step must be in 1..3"):
+        SeparationLoss(SOURCES, stft_form="complex", resolutions_per_step=4)
+    with pytest.raises(ValueError, match="needs stft_form='complex'"):
+        SeparationLoss(SOURCES, stft_form="auraloss", resolutions_per_step=1)
