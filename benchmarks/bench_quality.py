@@ -98,6 +98,9 @@ LEARNED = {
     # the package's umxhq width, the `openunmix` preset's until that confirmation: the base
     # of every Open-Unmix row before it
     "openunmix_hidden512": ["model=openunmix", "model.hidden_size=512"],
+    # l1_mrstft with one of its three resolutions per step, drawn at random (a third of the
+    # spectral term's cost), at simple_demucs' bench default batch 2; its base is simple_demucs
+    "simple_demucs_mrstft_sampled": ["model=simple_demucs", "loss=l1_mrstft_sampled"],
     "htdemucs_small": ["model=htdemucs_small"],
     "bs_roformer_small": ["model=bs_roformer_small"],
 }
