@@ -255,3 +255,16 @@ def test_only_the_metrics_mss_gathers_are_exempt_from_the_sync_dist_advice():
                 stacklevel=1,
             )
     assert [str(w.message).split("'")[1] for w in caught] == ["train/loss", "val/my_metric"]
+
+
+def test_spectral_loss_logs_its_two_terms(tiny_musdb_root, tiny_validation_tracks, tmp_path):
+    """loss=l1_mrstft_sampled trains through Lightning, with train/loss_l1 and train/loss_stft
+    logged beside train/loss (issue 11)."""
+    cfg = compose_train(
+        tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        + ["debug=fdr", "loss=l1_mrstft_sampled"]
+    )
+    metrics = train(cfg)
+    terms = {name: float(metrics[f"train/loss_{name}_step"]) for name in ("l1", "stft")}
+    assert all(np.isfinite(value) and value > 0 for value in terms.values())
+    assert float(metrics["train/loss_step"]) == pytest.approx(terms["l1"] + terms["stft"], rel=1e-5)
