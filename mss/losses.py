@@ -84,7 +84,8 @@ class SeparationLoss(nn.Module):
             averages them; ``None`` = all. The mean over the draws is the full term, so the
             gradient is the full term's on average, at a fraction of its cost. In eval mode
             (validation) every resolution counts. The draws come from a generator of their own
-            (``resolution_seed``), so the data's random chunks are the same as without them.
+            (``resolution_seed``), so the data's random chunks are the same as without them;
+            every DDP rank draws the same resolutions, and a resumed run starts the draws anew.
         resolution_seed (int): seed of that generator.
     """
 
