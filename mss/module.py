@@ -202,6 +202,9 @@ class SeparationModule(L.LightningModule):
                 "monitor": self.hparams.scheduler_monitor,
                 "interval": self.hparams.scheduler_interval,
                 "frequency": 1,
+                # ReduceLROnPlateau is stepped by StepPlateauAfterValidation; without this,
+                # Lightning fails an epoch that has no validation (check_val_every_n_epoch > 1)
+                "strict": not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau),
             },
         }
 

@@ -268,3 +268,17 @@ def test_spectral_loss_logs_its_two_terms(tiny_musdb_root, tiny_validation_track
     terms = {name: float(metrics[f"train/loss_{name}_step"]) for name in ("l1", "stft")}
     assert all(np.isfinite(value) and value > 0 for value in terms.values())
     assert float(metrics["train/loss_step"]) == pytest.approx(terms["l1"] + terms["stft"], rel=1e-5)
+
+
+def test_validation_every_second_epoch_with_the_plateau_schedule(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path
+):
+    """trainer.check_val_every_n_epoch=2 with the default plateau schedule: epochs without
+    validation train on instead of failing on the missing val/loss."""
+    cfg = compose_train(
+        tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        + ["+trainer.limit_train_batches=1", "trainer.max_epochs=2",
+           "trainer.check_val_every_n_epoch=2"]
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
