@@ -105,6 +105,7 @@ LEARNED = {
     "bs_roformer_small": ["model=bs_roformer_small"],
 }
 DSP = ("hpss_repet", "hpss_nmf")
+PRESETS = [*LEARNED, *DSP]  # every name `run` and `report` accept
 
 # "epoch 3 step 128 | 4.1 min wall, 4.0 min CPU | ... | val/sdr 1.23 dB (...)"
 EPOCH_LINE = re.compile(
@@ -161,9 +162,9 @@ def run(args: argparse.Namespace) -> None:
             for preset in args.presets or []
             if preset not in DSP or seed == args.seeds[0]
         ]
-    unknown = [preset for preset, _ in jobs if preset not in LEARNED and preset not in DSP]
+    unknown = [preset for preset, _ in jobs if preset not in PRESETS]
     if unknown or not jobs:
-        sys.exit(f"unknown or no preset(s) {unknown}; known: {[*LEARNED, *DSP]}")
+        sys.exit(f"unknown or no preset(s) {unknown}; known: {PRESETS}")
     with ThreadPoolExecutor(args.jobs) as pool:
         for line in pool.map(lambda job: run_one(*job, args.root, args.budget), jobs):
             print(line, flush=True)
@@ -219,7 +220,7 @@ def collect(
     """(seed, scores, curve) of every finished run under ``root``, per preset; only ``presets``
     when given, in their order (the plot's legend follows it)."""
     found: dict[str, list] = {}
-    for preset in presets or [*LEARNED, *DSP]:
+    for preset in presets or PRESETS:
         for run_dir in sorted((root / preset).glob("seed*")):
             scores = read_scores(run_dir)
             if scores is not None:
@@ -286,9 +287,9 @@ def plot(found: dict[str, list], png: Path) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    unknown = [preset for preset in args.presets or [] if preset not in [*LEARNED, *DSP]]
+    unknown = [preset for preset in args.presets or [] if preset not in PRESETS]
     if unknown:
-        sys.exit(f"--presets: unknown {unknown}; known: {[*LEARNED, *DSP]}")
+        sys.exit(f"--presets: unknown {unknown}; known: {PRESETS}")
     found = collect(args.root, args.presets)
     if not found:
         sys.exit(f"no finished runs under {args.root}")
