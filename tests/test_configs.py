@@ -104,6 +104,9 @@ def test_inference_settings_refuse_bad_values():
         (["model=simple_demucs"], "data.batch_size", None),
         # conf/experiment_model/bench_openunmix.yaml
         (["experiment=bench", "model=openunmix"], "model.hidden_size", 256),
+        (["experiment=bench", "model=openunmix"], "trainer.check_val_every_n_epoch", 4),
+        (["model=openunmix"], "trainer.check_val_every_n_epoch", 1),
+        (["experiment=bench", "model=unet"], "trainer.check_val_every_n_epoch", 1),
         # outside the benchmark the model is the package's umxhq
         (["model=openunmix"], "model.hidden_size", 512),
         (
