@@ -34,6 +34,25 @@ def test_budget_stops_training_early_and_is_saved_for_resume(
     assert budget_state["used"] >= 1e-3
 
 
+def test_budget_ends_with_a_validation_when_validating_every_nth_epoch(
+    tiny_musdb_root, tiny_validation_tracks, tmp_path
+):
+    cfg = compose_train(
+        tiny_overrides(tiny_musdb_root, tiny_validation_tracks, tmp_path)
+        + [
+            "callbacks=[default,cpu_budget]",
+            "callbacks.cpu_budget.max_cpu_seconds=1e-3",
+            "trainer.max_epochs=5",
+            "trainer.check_val_every_n_epoch=4",
+        ]
+    )
+    train(cfg)
+    # the first epoch is not one that validates (every 4th), but the budget's stop is: its
+    # validation picks the best checkpoint, which the run's evaluation then scores
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    assert checkpoints == ["epoch_000.ckpt"]
+
+
 def test_used_time_counts_this_process_and_earlier_runs():
     budget = CPUTimeBudget(max_cpu_seconds=10.0)
     budget.load_state_dict({"used": 4.0})

@@ -6,6 +6,10 @@ budget makes model comparisons on CPU fair. It counts every thread of the traini
 (`time.process_time`), so set `data.num_workers=0` to have data loading counted too; worker
 processes are not. `trainer.min_epochs` still holds. Under DDP each rank checks its own time
 and any rank over budget stops all.
+
+A run stopped by the budget ends with a validation, as it does when it validates every epoch,
+also under `trainer.check_val_every_n_epoch` > 1: otherwise up to n-1 epochs of training are
+never validated and cannot become the best checkpoint.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class CPUTimeBudget(L.Callback):
         over = trainer.strategy.reduce_boolean_decision(over, all=False)
         if over and not trainer.should_stop:
             trainer.should_stop = True
+            # Lightning validates on a stop request only in an epoch that validates anyway
+            if trainer.check_val_every_n_epoch is not None:
+                trainer.check_val_every_n_epoch = 1
             log.info(
                 "CPU time budget of %.0f s reached after %d steps (%.0f s used); stopping",
                 self.max_cpu_seconds, trainer.global_step, self.used,
