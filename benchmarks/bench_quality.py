@@ -112,7 +112,8 @@ LEARNED = {
     "openunmix_val4": ["model=openunmix", "trainer.check_val_every_n_epoch=4"],
     # the architecture screen's direction for simple_demucs (bench_screen, 10 CPU-minutes): one
     # BiLSTM layer at the bottleneck instead of two, 1.5x the steps in the same CPU time and
-    # +0.33 dB best validation; its base is simple_demucs
+    # +0.33 dB best validation; its base is simple_demucs. Not confirmed at 30 CPU-minutes
+    # (-0.22 dB, BENCHMARKS.md): two layers stay, this reproduces that row
     "simple_demucs_lstm1": ["model=simple_demucs", "model.lstm_layers=1"],
     "htdemucs_small": ["model=htdemucs_small"],
     "bs_roformer_small": ["model=bs_roformer_small"],
