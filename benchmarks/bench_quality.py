@@ -115,6 +115,15 @@ LEARNED = {
     # +0.33 dB best validation; its base is simple_demucs. Not confirmed at 30 CPU-minutes
     # (-0.22 dB, BENCHMARKS.md): two layers stay, this reproduces that row
     "simple_demucs_lstm1": ["model=simple_demucs", "model.lstm_layers=1"],
+    # the spectral term per step rather than per CPU-second (where a GPU makes the model, not
+    # the loss, the cost): both losses for the same 1536 steps (24 epochs at batch 2), run with a
+    # --budget that does not bind
+    "simple_demucs_steps1536": ["model=simple_demucs", "+trainer.max_steps=1536"],
+    "simple_demucs_mrstft_steps1536": [
+        "model=simple_demucs",
+        "loss=l1_mrstft",
+        "+trainer.max_steps=1536",
+    ],
     "htdemucs_small": ["model=htdemucs_small"],
     "bs_roformer_small": ["model=bs_roformer_small"],
 }
