@@ -33,7 +33,7 @@ OVERRIDES = OverridesParser.create()
 def test_preset_composes_and_builds(preset, tmp_path):
     cfg = compose_train(["experiment=bench", *LEARNED[preset], f"paths.output_dir={tmp_path}"])
     for override in LEARNED[preset]:
-        key = override.partition("=")[0]
+        key = override.partition("=")[0].lstrip("+")  # +key=value adds a key
         if "." in key:  # a value, not a group: it wins over experiment(_model) defaults
             # Hydra's own parser reads the value as the command line does (3e-4, [256,512])
             expected = OVERRIDES.parse_overrides([override])[0].value()
