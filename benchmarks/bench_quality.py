@@ -212,7 +212,9 @@ def read_scores(run_dir: Path) -> dict[str, float] | None:
 
 
 def read_curve(run_dir: Path) -> tuple[list[float], list[float], int | None]:
-    """(CPU-minutes, validation SDR) after every validation, and the steps the budget allowed.
+    """(CPU-minutes, validation SDR) after every validation, and the steps the run made: the
+    CPU budget's count, or the step of the last validation where no budget ended the run (a
+    preset with ``trainer.max_steps`` ends on a validation).
 
     A run killed and resumed appends to its train.log from its last checkpoint: validations
     logged after that checkpoint appear twice, and the resumed run's lines replace them.
@@ -228,6 +230,8 @@ def read_curve(run_dir: Path) -> tuple[list[float], list[float], int | None]:
                 curve.append((step, float(match["cpu"]), float(match["sdr"])))
             if match := BUDGET_LINE.search(line):
                 steps = int(match["steps"])
+    if steps is None and curve:
+        steps = curve[-1][0]
     return [point[1] for point in curve], [point[2] for point in curve], steps
 
 

@@ -73,6 +73,16 @@ def test_a_resumed_run_s_curve_keeps_the_resumed_validations(tmp_path):
     assert read_curve(tmp_path) == ([0.9, 1.8, 2.8, 3.7], [1.5, 2.25, 2.4, 2.75], 128)
 
 
+def test_a_run_ended_by_max_steps_counts_the_steps_of_its_last_validation(tmp_path):
+    (tmp_path / "train.log").write_text(
+        "epoch 0 step 64 | 1.0 min wall, 0.9 min CPU | train/loss 0.1 | val/sdr 1.50 dB (x)\n"
+        "epoch 1 step 128 | 2.0 min wall, 1.8 min CPU | train/loss 0.1 | val/sdr 2.25 dB (x)\n"
+    )
+    assert read_curve(tmp_path) == ([0.9, 1.8], [1.5, 2.25], 128)
+    (tmp_path / "train.log").write_text("no validation yet\n")
+    assert read_curve(tmp_path) == ([], [], None)
+
+
 def _finished_run(run_dir: Path, sdr: float) -> None:
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "train.log").write_text(
