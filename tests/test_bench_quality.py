@@ -33,10 +33,12 @@ OVERRIDES = OverridesParser.create()
 def test_preset_composes_and_builds(preset, tmp_path):
     cfg = compose_train(["experiment=bench", *LEARNED[preset], f"paths.output_dir={tmp_path}"])
     for override in LEARNED[preset]:
-        key = override.partition("=")[0].lstrip("+")  # +key=value adds a key
+        # Hydra's own parser reads the override as the command line does: the key without a
+        # `+` that adds it, the value as typed (3e-4, [256,512])
+        parsed = OVERRIDES.parse_overrides([override])[0]
+        key = parsed.key_or_group
         if "." in key:  # a value, not a group: it wins over experiment(_model) defaults
-            # Hydra's own parser reads the value as the command line does (3e-4, [256,512])
-            expected = OVERRIDES.parse_overrides([override])[0].value()
+            expected = parsed.value()
             selected = OmegaConf.select(cfg, key)
             if OmegaConf.is_config(selected):
                 selected = OmegaConf.to_container(selected)
