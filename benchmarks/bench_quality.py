@@ -213,8 +213,10 @@ def read_scores(run_dir: Path) -> dict[str, float] | None:
 
 def read_curve(run_dir: Path) -> tuple[list[float], list[float], int | None]:
     """(CPU-minutes, validation SDR) after every validation, and the steps the run made: the
-    CPU budget's count, or the step of the last validation where no budget ended the run (a
-    preset with ``trainer.max_steps`` ends on a validation).
+    CPU budget's count, or the step of the last validation where no budget ended the run. That
+    is the run's end only when it stopped on a validation: the ``*_steps1536`` presets do (1536
+    steps are 24 whole epochs at batch 2); a ``trainer.max_steps`` that ends mid-epoch does not
+    validate there.
 
     A run killed and resumed appends to its train.log from its last checkpoint: validations
     logged after that checkpoint appear twice, and the resumed run's lines replace them.
